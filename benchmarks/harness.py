@@ -1,0 +1,125 @@
+"""The one benchmark harness: device facts, peaks, timing summaries, and result rows.
+
+Every benchmark appends JSON-lines rows to ``benchmarks/results/<name>.jsonl`` through ``record``;
+each row carries the device, commit, versions and date so figures can be compared across runs.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import os
+import platform
+import subprocess
+import time
+from pathlib import Path
+from statistics import median
+
+RESULTS = Path(__file__).resolve().parent / "results"
+
+# Dense peak throughput by device name (TFLOP/s, no sparsity) and memory bandwidth (GB/s).
+PEAKS = {
+    "NVIDIA H100 80GB HBM3": {"bf16": 989.0, "fp16": 989.0, "tf32": 494.0, "GB/s": 3350.0},
+    "NVIDIA H100": {"bf16": 989.0, "fp16": 989.0, "tf32": 494.0, "GB/s": 3350.0},
+    "NVIDIA H200": {"bf16": 989.0, "fp16": 989.0, "tf32": 494.0, "GB/s": 4800.0},
+}
+
+
+def device_name() -> str:
+    """The CUDA device's name, else the CPU model with the cores this process may use."""
+    try:
+        import torch
+
+        if torch.cuda.is_available():
+            return torch.cuda.get_device_name()
+    except ImportError:
+        pass
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return f"{cpu} ({len(os.sched_getaffinity(0))} cores)"
+
+
+def peak(kind: str) -> float | None:
+    """The device's peak for ``kind`` ('bf16', 'fp16', 'GB/s'), or None where unknown (CPUs)."""
+    name = device_name()
+    for key, table in PEAKS.items():
+        if name.startswith(key):
+            return table.get(kind)
+    return None
+
+
+def _commit() -> str:
+    try:
+        out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+                             cwd=RESULTS.parent, timeout=5)
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], capture_output=True,
+                               text=True, cwd=RESULTS.parent, timeout=5).stdout.strip()
+        return out.stdout.strip() + ("+dirty" if dirty else "") if out.returncode == 0 else "unknown"
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+def versions() -> dict[str, str]:
+    """Versions of the libraries a figure depends on (those importable here)."""
+    import importlib.metadata as md
+
+    out = {"python": platform.python_version()}
+    for name in ("torch", "triton", "numba", "numpy", "scipy", "zarr", "numcodecs", "wfdb"):
+        try:
+            out[name] = md.version(name)
+        except md.PackageNotFoundError:
+            pass
+    return out
+
+
+def summarize(samples: list[float]) -> dict[str, float]:
+    """Median and spread (min, max, interquartile range) of a list of timings or rates."""
+    s = sorted(samples)
+    q = lambda f: s[min(len(s) - 1, int(round(f * (len(s) - 1))))]  # noqa: E731
+    return {"median": median(s), "min": s[0], "max": s[-1], "iqr": q(0.75) - q(0.25), "n": len(s)}
+
+
+def time_call(fn, *, repeat: int = 5, warmup: int = 1) -> list[float]:
+    """Wall-clock seconds of ``fn()`` over ``repeat`` runs after ``warmup`` runs (CPU timings)."""
+    for _ in range(warmup):
+        fn()
+    out = []
+    for _ in range(repeat):
+        t0 = time.perf_counter()
+        fn()
+        out.append(time.perf_counter() - t0)
+    return out
+
+
+def record(bench: str, rows: list[dict] | dict) -> Path:
+    """Append rows to ``benchmarks/results/<bench>.jsonl`` with device, commit, versions and date."""
+    rows = [rows] if isinstance(rows, dict) else rows
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    path = RESULTS / f"{bench}.jsonl"
+    stamp = {
+        "device": device_name(),
+        "commit": _commit(),
+        "versions": versions(),
+        "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+    }
+    with path.open("a") as f:
+        for row in rows:
+            f.write(json.dumps({**stamp, **row}, default=float) + "\n")
+    return path
+
+
+def print_table(title: str, rows: list[dict], columns: list[str]) -> None:
+    """Print rows as an aligned text table (benchmarks run with -s show it)."""
+    cells = [[f"{r.get(c, ''):.4g}" if isinstance(r.get(c), float) else str(r.get(c, "")) for c in columns]
+             for r in rows]
+    widths = [max(len(c), *(len(row[i]) for row in cells)) if cells else len(c) for i, c in enumerate(columns)]
+    print(f"\n== {title}")
+    print("  ".join(c.rjust(w) for c, w in zip(columns, widths)))
+    for row in cells:
+        print("  ".join(v.rjust(w) for v, w in zip(row, widths)))

@@ -1,0 +1,17 @@
+"""The store's error hierarchy: messages say what was expected and what was found."""
+
+
+class StoreError(Exception):
+    """Base of every error zarr_store raises on purpose (bad input, bad store, corrupt data)."""
+
+
+class BadArgumentError(StoreError, ValueError):
+    """A bad argument: missing folder, no records found, an output that is not a store."""
+
+
+class CorruptChunkError(StoreError):
+    """A chunk that fails to decode; the message names the chunk and the records in it."""
+
+
+class RecordError(StoreError):
+    """One record cannot be converted; conversion skips it and lists the reason in the report."""
