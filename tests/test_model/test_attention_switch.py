@@ -1,0 +1,154 @@
+"""Flip the switch: ref vs sdpa (vs triton when the kernel is there), op level and model level."""
+
+import types
+
+import pytest
+import torch
+
+import crema_fast._kernels
+from crema_fast.errors import ConfigError
+from crema_fast.model import CremaModel, ModelConfig
+from crema_fast.model.attention import attention, attention_ref
+
+from .conftest import build, make_batch
+
+
+def _qkv(b=2, h=3, n=7, d=16, seed=0, dtype=torch.float32):
+    g = torch.Generator().manual_seed(seed)
+    return [torch.randn(b, h, n, d, generator=g, dtype=dtype).requires_grad_() for _ in range(3)]
+
+
+def test_ref_padding_equals_attention_over_kept_keys_only():
+    q, k, v = _qkv(b=1, n=9)
+    keep = torch.tensor([[True] * 6 + [False] * 3])
+    out = attention(q, k, v, keep, impl="ref")
+    scores = q @ k[:, :, :6].transpose(-2, -1) / 4.0  # d = 16
+    assert torch.allclose(out, scores.softmax(-1) @ v[:, :, :6], atol=1e-6)
+
+
+def test_ref_and_sdpa_same_outputs_and_gradients():
+    q, k, v = _qkv(b=3, n=11)
+    keep = torch.ones(3, 11, dtype=torch.bool)
+    keep[0, 7:] = False
+    keep[1, ::2] = False
+    keep[2] = False  # an ECG with no lead: guarded, must stay finite and equal across impls
+    grads = {}
+    outs = {}
+    for impl in ("ref", "sdpa"):
+        for t in (q, k, v):
+            t.grad = None
+        outs[impl] = attention(q, k, v, keep, impl=impl)
+        (outs[impl] * torch.linspace(-1, 1, 16)).sum().backward()
+        grads[impl] = [t.grad.clone() for t in (q, k, v)]
+    assert torch.isfinite(outs["ref"]).all()
+    assert torch.allclose(outs["ref"], outs["sdpa"], atol=1e-5)
+    for gr, gs in zip(grads["ref"], grads["sdpa"]):
+        assert torch.allclose(gr, gs, atol=1e-5)
+
+
+def test_attention_validates_its_arguments():
+    q, k, v = _qkv()
+    with pytest.raises(TypeError, match="key_padding_mask"):
+        attention(q, k, v, torch.ones(2, 7), impl="ref")
+    with pytest.raises(ValueError, match="key_padding_mask"):
+        attention(q, k, v, torch.ones(2, 6, dtype=torch.bool), impl="ref")
+    with pytest.raises(ConfigError, match="impl"):
+        attention(q, k, v, impl="flash")
+
+
+def test_model_ref_and_sdpa_same_outputs_and_gradients(small_cfg):
+    ref = build(small_cfg, attention="ref")
+    sdpa = build(small_cfg, attention="sdpa")
+    sdpa.load_state_dict(ref.state_dict())
+    assert (ref.attention, sdpa.attention) == ("ref", "sdpa") and ref.loss_impl == "ref"
+    signal, ids_keep, mask, ids_restore, lead_mask = make_batch(small_cfg, b=4)
+    lead_mask[1, 3:9] = False
+    outs = []
+    for m in (ref, sdpa):
+        out = m(signal, ids_keep, mask, ids_restore, lead_mask)
+        out.loss.backward()
+        outs.append(out)
+    assert torch.allclose(outs[0].pred, outs[1].pred, atol=1e-5)
+    for name in ("loss", "mse", "nce"):
+        assert torch.allclose(getattr(outs[0], name), getattr(outs[1], name), atol=1e-5), name
+    for (name, p_ref), p_sdpa in zip(ref.named_parameters(), sdpa.parameters()):
+        assert torch.allclose(p_ref.grad, p_sdpa.grad, atol=1e-5, rtol=1e-4), name
+
+
+def _raise_import_error(name):
+    raise ImportError(f"No module named 'kernels.{name}'")
+
+
+def test_triton_without_kernel_is_a_config_error(small_cfg, monkeypatch):
+    monkeypatch.setattr(crema_fast._kernels, "load_kernels", _raise_import_error)
+    with pytest.raises(ConfigError, match="triton"):
+        CremaModel(small_cfg, attention="triton")
+    # a module that exists but has no ``attention`` yet is the same error
+    empty = types.ModuleType("kernels.attention")
+    monkeypatch.setattr(crema_fast._kernels, "load_kernels", lambda name: empty)
+    with pytest.raises(ConfigError, match="no function 'attention'"):
+        CremaModel(small_cfg, attention="triton")
+
+
+def test_triton_switch_calls_the_kernel_with_the_contract(small_cfg, monkeypatch):
+    """A stand-in kernel (the reference, called with the contract's keywords) gives the ref model's
+    outputs: the switch passes q, k, v, key_padding_mask and scale and uses what comes back."""
+    calls = []
+
+    def fake_attention(q, k, v, *, key_padding_mask, scale):
+        calls.append(scale)
+        return attention_ref(q, k, v, key_padding_mask, scale)
+
+    fake = types.SimpleNamespace(attention=fake_attention)
+    monkeypatch.setattr(crema_fast._kernels, "load_kernels", lambda name: fake)
+    tri = build(small_cfg, attention="triton")
+    ref = build(small_cfg, attention="ref")
+    ref.load_state_dict(tri.state_dict())
+    batch = make_batch(small_cfg, b=2)
+    assert tri.attention == "triton"
+    assert torch.allclose(tri(*batch).loss, ref(*batch).loss, atol=1e-6)
+    assert calls and all(s == pytest.approx(small_cfg.head_dim ** -0.5) for s in calls)
+
+
+def test_triton_with_the_real_loader_is_an_error_or_works(small_cfg):
+    """Whatever state kernels/attention.py is in: a ConfigError, or a model that says it is triton."""
+    try:
+        m = CremaModel(small_cfg, attention="triton")
+    except ConfigError as err:
+        assert "triton" in str(err)
+    else:
+        assert m.attention == "triton"
+
+
+def test_unknown_switches_are_config_errors(small_cfg):
+    with pytest.raises(ConfigError, match="attention"):
+        CremaModel(small_cfg, attention="flash")
+    with pytest.raises(ConfigError, match="no Triton loss kernel yet"):
+        CremaModel(small_cfg, loss="triton")
+    with pytest.raises(ConfigError, match="loss"):
+        CremaModel(small_cfg, loss="fused")
+    with pytest.raises(TypeError, match="model_cfg"):
+        CremaModel(dict(ModelConfig().to_dict()))
+
+
+def test_model_triton_matches_ref_when_the_kernel_is_there(small_cfg):
+    """Flip the switch with the real kernel (under TRITON_INTERPRET on the CPU, fp32, small shapes)."""
+    try:
+        tri = build(small_cfg, attention="triton")
+    except ConfigError as err:
+        pytest.skip(f"no Triton attention kernel yet: {err}")
+    if not torch.cuda.is_available() and not __import__("os").environ.get("TRITON_INTERPRET"):
+        pytest.skip("the Triton kernel needs a GPU or TRITON_INTERPRET=1")
+    ref = build(small_cfg, attention="ref")
+    ref.load_state_dict(tri.state_dict())
+    signal, ids_keep, mask, ids_restore, lead_mask = make_batch(small_cfg, b=2)
+    lead_mask[0, 4:7] = False
+    outs = []
+    for m in (ref, tri):
+        out = m(signal, ids_keep, mask, ids_restore, lead_mask)
+        out.loss.backward()
+        outs.append(out)
+    assert torch.allclose(outs[0].pred, outs[1].pred, atol=1e-5)
+    assert torch.allclose(outs[0].loss, outs[1].loss, atol=1e-5)
+    for (name, p_ref), p_tri in zip(ref.named_parameters(), tri.parameters()):
+        assert torch.allclose(p_ref.grad, p_tri.grad, atol=1e-5, rtol=1e-4), name
