@@ -1,0 +1,90 @@
+#!/usr/bin/env bash
+# The GPU lane in one command: on a machine with CUDA, install what is missing, run the GPU tests
+# (CREMA_GPU_LANE=1 python -m pytest -m gpu) and every benchmark (pytest benchmarks/ --benchmark-only -s),
+# and keep the results under benchmarks/results/: the rows each benchmark appends through harness.record()
+# (<bench>.jsonl) and the full log, gpu_lane_<device>_<UTC date>.log. Where $OUT is set (the device
+# machine's copy-back folder), the log is copied there, and benchmarks/results/ as one tarball
+# (gpu_lane_results.tgz: at most 8 files come back from that machine).
+#
+# Usage (from anywhere; it works in the repository root):
+#   tools/gpu_lane.sh            # tests, then benchmarks
+#   tools/gpu_lane.sh tests      # only the GPU tests
+#   tools/gpu_lane.sh bench      # only the benchmarks
+# Extra pytest arguments for the benchmark run go in GPU_LANE_BENCH_ARGS (e.g. "-k attention").
+#
+# The CUDA test machine has Python 3.12 with torch and triton but not zarr, wfdb and a few others. Before
+# going there, run ../shared/tools/gpu-wheels.sh here (it fills .whl/, ignored by git) and carry .whl along;
+# this script installs those wheels into .site (ignored) and puts the repository and .site on PYTHONPATH.
+# Without them the modules that need them fail to collect; the other tests and benchmarks still run.
+#
+# Exit status: that of the GPU tests (0 = passed; 5 = no GPU test ran, a failure here too). A benchmark
+# that is missing, skipped or failing does not fail the lane; the log says what happened.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+ROOT=$PWD
+PY=${PYTHON:-python3}
+MODE=${1:-all}
+case "$MODE" in all|tests|bench) ;; *) echo "usage: $0 [all|tests|bench]" >&2; exit 2 ;; esac
+export PYTHONUNBUFFERED=1 OPENBLAS_NUM_THREADS=1 OMP_NUM_THREADS=1
+
+if ! "$PY" -c 'import torch, sys; sys.exit(0 if torch.cuda.is_available() else 1)' 2>/dev/null; then
+  echo "gpu_lane: no CUDA device visible to $PY (torch.cuda.is_available() is False); nothing to do" >&2
+  exit 2
+fi
+
+DEVICE=$("$PY" -c 'import torch; print(torch.cuda.get_device_name())' | tr -c 'A-Za-z0-9.\n-' '_' | tr -s '_')
+STAMP=$(date -u +%Y%m%dT%H%MZ)
+mkdir -p benchmarks/results
+LOG=benchmarks/results/gpu_lane_${DEVICE}_${STAMP}.log
+: >"$LOG"
+say() { echo "$@" | tee -a "$LOG"; }
+
+# --- install what is missing ---------------------------------------------------------------------------
+NEEDED="numpy scipy numba zarr numcodecs google_crc32c wfdb fsspec pandas tqdm pytest pytest_benchmark"
+missing() { "$PY" - "$@" <<'EOF'
+import importlib, sys
+print(" ".join(m for m in sys.argv[1:] if importlib.util.find_spec(m) is None))
+EOF
+}
+export PYTHONPATH="$ROOT${PYTHONPATH:+:$PYTHONPATH}"
+if [ -n "$(missing $NEEDED)" ] && ls .whl/*.whl >/dev/null 2>&1; then
+  say "gpu_lane: installing $(ls .whl/*.whl | wc -l) wheels from .whl into .site"
+  "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target .site .whl/*.whl \
+    2>&1 | tee -a "$LOG"
+fi
+[ -d .site ] && export PYTHONPATH="$ROOT:$ROOT/.site${PYTHONPATH#"$ROOT"}"
+STILL=$(missing $NEEDED)
+[ -n "$STILL" ] && say "gpu_lane: still missing: $STILL (run ../shared/tools/gpu-wheels.sh here and carry .whl)"
+
+{
+  echo "== gpu_lane $MODE on $DEVICE at $STAMP"
+  nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm --format=csv 2>/dev/null || true
+  "$PY" -c 'import sys, torch, triton; print("python", sys.version.split()[0], "torch", torch.__version__,
+"cuda", torch.version.cuda, "triton", triton.__version__)'
+} 2>&1 | tee -a "$LOG"
+
+# --- the GPU tests ---------------------------------------------------------------------------------------
+TEST_RC=0
+if [ "$MODE" != bench ]; then
+  say "== CREMA_GPU_LANE=1 python -m pytest -m gpu"
+  CREMA_GPU_LANE=1 "$PY" -m pytest -m gpu -q -rfEs --continue-on-collection-errors -p no:cacheprovider 2>&1 \
+    | tee -a "$LOG"
+  TEST_RC=${PIPESTATUS[0]}
+  say "== GPU tests: exit $TEST_RC"
+fi
+
+# --- every benchmark -------------------------------------------------------------------------------------
+if [ "$MODE" != tests ]; then
+  say "== pytest benchmarks/ --benchmark-only -s ${GPU_LANE_BENCH_ARGS:-}"
+  # shellcheck disable=SC2086
+  "$PY" -m pytest benchmarks/ --benchmark-only -s -q -rfEs --continue-on-collection-errors -p no:cacheprovider \
+    ${GPU_LANE_BENCH_ARGS:-} 2>&1 | tee -a "$LOG"
+  say "== benchmarks: exit ${PIPESTATUS[0]} (not counted in this script's status)"
+fi
+
+say "== results: $LOG and benchmarks/results/*.jsonl"
+if [ -n "${OUT:-}" ] && [ -d "$OUT" ]; then
+  cp "$LOG" "$OUT"/ && tar czf "$OUT"/gpu_lane_results.tgz benchmarks/results
+  say "== copied to \$OUT: $(ls "$OUT" | tr '\n' ' ')"
+fi
+exit "$TEST_RC"
