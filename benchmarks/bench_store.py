@@ -1,0 +1,310 @@
+"""The store, end to end on one core: conversion, batched reads by access pattern, size.
+
+Run: ``pytest benchmarks/bench_store.py --benchmark-only -s`` (about a minute). All figures come from
+one run on the 500 real PTB-XL 500 Hz records of ../shared/data, pinned to one core, warm page cache.
+Per-core rates are ECG per CPU-second of the process (and its children), so that other processes on a
+shared machine do not skew them; wall-clock rates are in the ``ecg_s_wall`` column. Measured:
+- conversion ECG/s per core (``convert(workers=1)``) against ``wfdb.rdsamp`` alone on the same records;
+- reads of batches of 256 (contiguous, chunk-aligned shuffled, fully random) from a store of 5,000 rows
+  (the 500 records repeated, the converter's codec pipeline) in ECG/s per core and decoded MB/s (int16,
+  120 kB per ECG): our reader decoding into a reused ``out`` buffer (as a loader does) and into a new
+  array each batch (which pays the page faults of 30 MB of fresh memory), zarr's own API (slices /
+  ``oindex`` with sorted indices, its best case) and the WFDB files (``rdsamp``), beside the codec's
+  bare decode rate (Blosc decode of the same chunks, already in memory, in a loop);
+- the same for the converter's lz4 and delta options (fully random batches only);
+- bytes per ECG against the WFDB originals, and the compression ratio over raw int16.
+Rows are appended to benchmarks/results/store.jsonl.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import time
+import warnings
+from contextlib import contextmanager
+from pathlib import Path
+
+import numcodecs.blosc
+import numpy as np
+import pytest
+import zarr
+
+from harness import print_table, record, summarize
+from zarr_store.reader import StoreReader, _undelta_rows
+
+DATA = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "ptbxl"
+BATCH = 256
+ROWS = 5000
+ECG_BYTES = 12 * 5000 * 2  # decoded int16 bytes of one 10 s ECG at 500 Hz
+
+
+@contextmanager
+def one_core():
+    """Pin this process to one core (the last one allowed) for per-core figures."""
+    allowed = os.sched_getaffinity(0)
+    os.sched_setaffinity(0, {max(allowed)})
+    try:
+        yield
+    finally:
+        os.sched_setaffinity(0, allowed)
+
+
+def _records() -> list[Path]:
+    return sorted((DATA / "records500").glob("*/*_hr.hea"))
+
+
+def _archive(root: Path, heads: list[Path]) -> Path:
+    """A PTB-XL-shaped folder of symlinks to the 500 Hz records (the shared folder also lists 100 Hz ones)."""
+    for h in heads:
+        for f in (h, h.with_suffix(".dat")):
+            dst = root / f.relative_to(DATA)
+            dst.parent.mkdir(parents=True, exist_ok=True)
+            dst.symlink_to(f)
+    (root / "ptbxl_database.csv").symlink_to(DATA / "ptbxl_database.csv")
+    (root / "RECORDS").write_text("".join(f"{h.relative_to(DATA).with_suffix('')}\n" for h in heads))
+    return root
+
+
+def _cpu() -> float:
+    """CPU seconds of this process and its finished children. Per-core rates are ECG per CPU-second:
+    on a shared machine, time spent descheduled by other processes does not count (wall-clock
+    rates are recorded beside them)."""
+    import resource
+
+    child = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return time.process_time() + child.ru_utime + child.ru_stime
+
+
+class _Timings(list):
+    """(cpu, wall) seconds per run."""
+
+    def add(self, fn, *args):
+        c0, w0 = _cpu(), time.perf_counter()
+        result = fn(*args)
+        self.append((_cpu() - c0, time.perf_counter() - w0))
+        return result
+
+    @property
+    def cpu(self) -> np.ndarray:
+        return np.array([c for c, _ in self])
+
+
+def _rate(t: _Timings, n: int) -> dict:
+    s = summarize([n / c for c, _ in t])
+    wall = summarize([n / w for _, w in t])
+    return {"ecg_s": s["median"], "ecg_s_min": s["min"], "ecg_s_iqr": s["iqr"], "ecg_s_wall": wall["median"],
+            "mb_s": s["median"] * ECG_BYTES / 1e6, "runs": s["n"]}
+
+
+def _repeat(fn, repeat: int, warmup: int = 1) -> _Timings:
+    for _ in range(warmup):
+        fn()
+    t = _Timings()
+    for _ in range(repeat):
+        t.add(fn)
+    return t
+
+
+def _conversion(tmp: Path, heads: list[Path]) -> list[dict]:
+    import wfdb
+
+    rows = []
+    sample = [str(h.with_suffix("")) for h in heads[:100]]
+    rd = _rate(_repeat(lambda: [wfdb.rdsamp(p) for p in sample], repeat=3, warmup=0), len(sample))
+    rows.append({"stage": "convert", "path": "wfdb.rdsamp", "pattern": "records", **rd})
+    try:
+        from zarr_store.convert import convert
+    except ImportError as exc:
+        print(f"conversion not measured: {exc}")
+        return rows
+    archive = _archive(tmp / "archive", heads)
+    outs = iter(range(100))
+
+    def run():
+        out = tmp / f"conv{next(outs)}.zarr"
+        convert([str(archive)], out, workers=1, progress=False)
+        return out
+
+    conv = _rate(_repeat(run, repeat=3), len(heads))
+    rows.append({"stage": "convert", "path": "convert(workers=1)", "pattern": "records", **conv,
+                 "x_rdsamp": conv["ecg_s"] / rd["ecg_s"]})
+    return rows
+
+
+def _build_read_store(tmp: Path, signals: np.ndarray, like: Path | None, codec: str = "zstd",
+                      rows: int = ROWS) -> Path:
+    """``rows`` rows (the records repeated) in the store layout. codec "zstd" takes the converter's
+    own pipeline when it ran (zstd-1 bit-shuffle by default); "lz4" and "delta" are its options."""
+    from zarr.codecs import BloscCodec
+    from zarr.codecs.numcodecs import Delta
+
+    path = tmp / f"read{rows}_{codec}.zarr"
+    group = zarr.open_group(path, mode="w", zarr_format=3)
+    group.attrs.update(rate=500, window=5000)
+    filters = [Delta(dtype="int16")] if codec == "delta" else None
+    compressors = [BloscCodec(cname="lz4" if codec == "lz4" else "zstd", clevel=1, shuffle="bitshuffle",
+                              typesize=2)]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # numcodecs.delta is outside the v3 spec: zarr warns
+        if like is not None and codec == "zstd":
+            src = zarr.open_array(like, path="signals", mode="r")
+            filters, compressors = src.filters or None, src.compressors
+        arr = group.create_array("signals", shape=(rows, 12, 5000), dtype="int16", chunks=(1, 12, 5000),
+                                 shards=(512, 12, 5000), filters=filters, compressors=compressors, fill_value=0)
+    for s in range(0, rows, 512):
+        e = min(rows, s + 512)
+        arr[s:e] = signals[np.arange(s, e) % len(signals)]
+    return path
+
+
+def _batches(pattern: str, rng: np.random.Generator, k: int) -> list[np.ndarray]:
+    out = []
+    for _ in range(k):
+        if pattern == "contiguous":
+            s = int(rng.integers(0, ROWS - BATCH))
+            out.append(np.arange(s, s + BATCH))
+        elif pattern == "chunk-aligned shuffled":  # a 256-row block inside one shard, in shuffled order
+            s = int(rng.integers(0, ROWS // BATCH)) * BATCH
+            out.append(s + rng.permutation(BATCH))
+        else:
+            out.append(rng.choice(ROWS, BATCH, replace=False))
+    return out
+
+
+def _timed(fn, batches: list[np.ndarray]) -> _Timings:
+    fn(batches[0])  # warm-up: opens files, caches the shard indexes, compiles
+    t = _Timings()
+    for b in batches[1:]:
+        t.add(fn, b)
+    return t
+
+
+def _bare_decoder(path: Path, reader: StoreReader):
+    """A function that Blosc-decodes 256 chunks already in memory (plus the prefix sum for delta)."""
+    reader.read_signals([0])
+    index = reader._index(0)
+    raw = Path(path, "signals", "c", "0", "0", "0").read_bytes()
+    blobs = [raw[int(o): int(o) + int(n)] for o, n in index[:BATCH]]
+    dest = np.empty((BATCH, 12 * 5000), np.int16)
+    rows = np.arange(BATCH)
+
+    def decode():
+        for i, b in enumerate(blobs):
+            numcodecs.blosc.decompress(b, dest[i])
+        if reader.layout.delta:
+            _undelta_rows(dest, rows)
+
+    return decode
+
+
+def _interleaved(bare, ours, batches: list[np.ndarray]) -> tuple[_Timings, _Timings, float]:
+    """Bare decode and our reader timed in alternation, so that load from other processes on the
+    machine hits both alike. Returns both timings and our percent of the bare rate (median of the
+    per-round ratios of CPU time)."""
+    bare()
+    ours(batches[0])
+    t_bare, t_ours = _Timings(), _Timings()
+    for b in batches[1:]:
+        t_bare.add(bare)
+        t_ours.add(ours, b)
+    return t_bare, t_ours, 100 * float(np.median(t_bare.cpu / t_ours.cpu))
+
+
+def _reads(path: Path, heads: list[Path], benchmark) -> list[dict]:
+    import wfdb
+
+    reader = StoreReader(path)
+    assert reader.path_kind == "direct", reader.fallback_reason
+    arr = zarr.open_array(path, path="signals", mode="r")
+    rng = np.random.default_rng(0)
+    bare = _bare_decoder(path, reader)
+    out = np.empty((BATCH, 12, 5000), np.int16)
+
+    def zarr_read(idx):
+        if np.all(np.diff(idx) == 1):
+            return arr[int(idx[0]): int(idx[-1]) + 1]
+        order = np.argsort(idx)  # zarr's best case: sorted indices, reordered afterwards
+        data = arr.oindex[idx[order]]
+        res = np.empty_like(data)
+        res[order] = data
+        return res
+
+    wfdb_paths = [str(h.with_suffix("")) for h in heads]
+    rows, bare_all = [], _Timings()
+    for pattern in ("contiguous", "chunk-aligned shuffled", "fully random"):
+        batches = _batches(pattern, rng, 11)
+        if pattern == "fully random":  # the headline figure through pytest-benchmark
+            it = iter(batches * 2)
+            benchmark.pedantic(lambda: reader.read_signals(next(it), out=out), rounds=5, iterations=1,
+                               warmup_rounds=1)
+        t_bare, t_ours, pct = _interleaved(bare, lambda b: reader.read_signals(b, out=out), batches)
+        bare_all += t_bare
+        ours = _rate(t_ours, BATCH)
+        fresh = _rate(_timed(reader.read_signals, batches[:5]), BATCH)
+        theirs = _rate(_timed(zarr_read, batches[:3]), BATCH)
+        wf = _rate(_timed(lambda b: [wfdb.rdsamp(wfdb_paths[i % len(wfdb_paths)]) for i in b[:48]],
+                          batches[:3]), 48)
+        rows += [
+            {"stage": "read", "path": "StoreReader (out=)", "pattern": pattern, **ours, "pct_bare": pct,
+             "x_zarr": ours["ecg_s"] / theirs["ecg_s"], "x_wfdb": ours["ecg_s"] / wf["ecg_s"]},
+            {"stage": "read", "path": "StoreReader (new array)", "pattern": pattern, **fresh},
+            {"stage": "read", "path": "zarr API", "pattern": pattern, **theirs},
+            {"stage": "read", "path": "wfdb.rdsamp", "pattern": pattern, **wf},
+        ]
+    rows.insert(0, {"stage": "read", "path": "bare Blosc decode", "pattern": "in memory", **_rate(bare_all, BATCH)})
+    return rows
+
+
+def _codec_variants(tmp: Path, signals: np.ndarray) -> list[dict]:
+    """The converter's other codecs: our reader on fully random batches beside their bare decode."""
+    rows = []
+    rng = np.random.default_rng(1)
+    out = np.empty((BATCH, 12, 5000), np.int16)
+    for codec in ("lz4", "delta"):
+        path = _build_read_store(tmp, signals, None, codec, rows=1024)
+        reader = StoreReader(path)
+        assert reader.path_kind == "direct", reader.fallback_reason
+        batches = [rng.choice(1024, BATCH, replace=False) for _ in range(9)]
+        t_bare, t_ours, pct = _interleaved(_bare_decoder(path, reader),
+                                           lambda b: reader.read_signals(b, out=out), batches)
+        rows += [{"stage": f"read {codec}", "path": "bare Blosc decode", "pattern": "in memory",
+                  **_rate(t_bare, BATCH)},
+                 {"stage": f"read {codec}", "path": "StoreReader (out=)", "pattern": "fully random",
+                  **_rate(t_ours, BATCH), "pct_bare": pct}]
+    return rows
+
+
+def _sizes(store: Path | None, read_store: Path, heads: list[Path]) -> list[dict]:
+    wfdb_bytes = sum(h.stat().st_size + h.with_suffix(".dat").stat().st_size for h in heads) / len(heads)
+    out = []
+    for name, path in (("converted", store), ("read store", read_store)):
+        if path is None:
+            continue
+        n = zarr.open_array(path, path="signals", mode="r").shape[0]
+        stored = sum(f.stat().st_size for f in Path(path, "signals").rglob("*") if f.is_file())
+        out.append({"stage": "size", "path": name, "pattern": f"{n} rows", "bytes_per_ecg": stored / n,
+                    "ratio_raw": n * ECG_BYTES / stored, "x_wfdb_smaller": wfdb_bytes / (stored / n),
+                    "wfdb_bytes_per_ecg": wfdb_bytes})
+    return out
+
+
+@pytest.mark.skipif(not DATA.is_dir(), reason="needs ../shared/data/ptbxl")
+def test_bench_store(benchmark, tmp_path):
+    heads = _records()
+    signals = np.stack([np.fromfile(h.with_suffix(".dat"), dtype="<i2").reshape(5000, 12).T for h in heads])
+    with one_core():
+        rows = _conversion(tmp_path, heads)
+        converted = next(iter(sorted(tmp_path.glob("conv*.zarr"))), None)
+        read_store = _build_read_store(tmp_path, signals, converted)
+        rows += _reads(read_store, heads, benchmark)
+        rows += _codec_variants(tmp_path, signals)
+        rows += _sizes(converted, read_store, heads)
+    cols = ["stage", "path", "pattern", "ecg_s", "ecg_s_iqr", "ecg_s_wall", "mb_s", "pct_bare", "x_zarr", "x_wfdb",
+            "x_rdsamp", "bytes_per_ecg", "ratio_raw", "x_wfdb_smaller"]
+    print_table("store: one core, warm page cache, batches of 256 (ECG per CPU-second, decoded MB/s)", rows, cols)
+    print(json.dumps({"codec": str(zarr.open_array(read_store, path="signals").compressors)}))
+    record("store", rows)
+    for store in tmp_path.glob("*.zarr"):  # ~0.3 GB: not left for pytest's tmp retention
+        shutil.rmtree(store, ignore_errors=True)

@@ -1,0 +1,35 @@
+"""``crema-fast convert SRC... --out STORE``: WFDB archives -> one Zarr v3 store (zarr_store.convert).
+
+Bad records are skipped and listed in ``STORE/_convert/quarantine.json``; bad arguments are
+``BadArgumentError`` (a StoreError), which the hub prints as one line with exit status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("sources", nargs="+", metavar="SRC", help="folders of WFDB records (.hea + .dat/.mat)")
+    parser.add_argument("--out", required=True, metavar="STORE",
+                        help="store path or fsspec URL; an existing store is appended to")
+    parser.add_argument("--rate", type=int, default=500, help="store sampling rate in Hz (default 500)")
+    parser.add_argument("--window", type=float, default=10.0, help="row length in seconds (default 10)")
+    parser.add_argument("--workers", type=int, default=1, help="local worker processes (default 1)")
+    parser.add_argument("--dask", default=None, metavar="ADDRESS|local",
+                        help="run the shard tasks on a Dask cluster (scheduler address, or 'local')")
+    parser.add_argument("--codec", choices=("zstd", "lz4", "delta"), default="zstd",
+                        help="zstd: Blosc zstd 1 + bit-shuffle (default); lz4: faster, larger; "
+                             "delta: numcodecs delta + zstd, smallest, outside the Zarr v3 spec")
+    parser.add_argument("--shard-size", type=int, default=512, help="rows per shard file (default 512)")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+def run(args: argparse.Namespace) -> int:
+    from zarr_store.convert import convert
+
+    summary = convert(args.sources, args.out, rate=args.rate, window_s=args.window, workers=args.workers,
+                      dask=args.dask, codec=args.codec, progress=not args.no_progress,
+                      shard_size=args.shard_size)
+    print(summary.format())
+    return 0

@@ -1,0 +1,373 @@
+"""zarr_store.convert on real records (oracle: wfdb.rdsamp, scipy's resample_poly) and on small
+archives written with wfdb.wrsamp (bad records, resume after SIGKILL, determinism, fsspec, Dask)."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+import uuid
+from pathlib import Path
+
+import numpy as np
+import pytest
+import wfdb
+import zarr
+from scipy.signal import resample_poly
+
+from tests.test_store.archives import BAD_KINDS, copy_subset, write_archive
+from zarr_store.convert import convert
+from zarr_store.errors import BadArgumentError
+
+REPO = Path(__file__).resolve().parents[2]
+ARRAYS = ("signals", "lead_mask", "valid_length", "window_index", "record_id", "source", "orig_rate", "age",
+          "sex", "labels", "strat_fold")
+PTBXL_N = 24
+
+
+def load(store) -> dict[str, np.ndarray]:
+    group = zarr.open_group(str(store), mode="r")
+    return {name: group[name][:] for name in ARRAYS}
+
+
+def assert_same_arrays(a, b):
+    for name in ARRAYS:
+        x, y = a[name], b[name]
+        assert x.dtype == y.dtype, name
+        np.testing.assert_array_equal(x, y, err_msg=name)
+
+
+@pytest.fixture(scope="module")
+def ptbxl_store(shared_data, tmp_path_factory):
+    """The first PTBXL_N PTB-XL records at 500 Hz and 100 Hz (symlinked, with the csv), converted."""
+    tmp = tmp_path_factory.mktemp("ptbxl")
+    src = shared_data / "ptbxl"
+    names = [f"records500/00000/{i:05d}_hr" for i in range(1, PTBXL_N + 1)]
+    names += [f"records100/00000/{i:05d}_lr" for i in range(1, 4)]
+    root = copy_subset(src, tmp / "ptbxl", names, extra_files=["ptbxl_database.csv"])
+    summary = convert([root], tmp / "store.zarr", progress=False, shard_size=8)
+    return tmp / "store.zarr", summary, names
+
+
+def test_ptbxl_values_equal_rdsamp(ptbxl_store, shared_data):
+    store, summary, names = ptbxl_store
+    assert summary.converted == len(names) and summary.rows == len(names) and summary.skipped == {}
+    a = load(store)
+    ids = list(a["record_id"])
+    for name in names[:PTBXL_N]:
+        row = ids.index(name)
+        ref, _ = wfdb.rdsamp(str(shared_data / "ptbxl" / name))
+        np.testing.assert_array_equal(a["signals"][row], np.rint(ref.T * 1000).astype(np.int16))
+        assert a["lead_mask"][row].all() and a["valid_length"][row] == 5000 and a["orig_rate"][row] == 500
+    # 100 Hz versions are resampled x5 by polyphase filtering
+    row = ids.index("records100/00000/00001_lr")
+    ref, _ = wfdb.rdsamp(str(shared_data / "ptbxl" / "records100/00000/00001_lr"))
+    expect = np.rint(resample_poly(ref * 1000, 5, 1, axis=0)).T
+    assert np.abs(a["signals"][row] - expect).max() <= 1
+    assert a["orig_rate"][row] == 100
+
+
+def test_ptbxl_labels_folds_age_sex(ptbxl_store, shared_data):
+    import pandas as pd
+
+    store, _, _ = ptbxl_store
+    a = load(store)
+    db = pd.read_csv(shared_data / "ptbxl" / "ptbxl_database.csv", index_col="ecg_id")
+    for row, rid in enumerate(a["record_id"]):
+        ecg_id = int(Path(rid).name[:5])
+        ref = db.loc[ecg_id]
+        assert a["labels"][row] == ref["scp_codes"]  # the dict literal, as PTB-XL writes it
+        assert a["strat_fold"][row] == ref["strat_fold"]
+        assert a["age"][row] == ref["age"] and a["sex"][row] == ref["sex"]
+    assert set(a["source"]) == {"ptbxl"}
+
+
+def test_plain_zarr_open_array_reads_the_signals(ptbxl_store, shared_data):
+    store, _, _ = ptbxl_store
+    arr = zarr.open_array(str(store / "signals"), mode="r")
+    assert arr.shape[1:] == (12, 5000) and arr.chunks == (1, 12, 5000) and arr.shards[0] == 8
+    ref, _ = wfdb.rdsamp(str(shared_data / "ptbxl" / "records100/00000/00002_lr"))
+    group = zarr.open_group(str(store), mode="r")
+    assert group.attrs["leads"] == ["I", "II", "III", "aVR", "aVL", "aVF", "V1", "V2", "V3", "V4", "V5", "V6"]
+    assert (group.attrs["rate"], group.attrs["window"], group.attrs["units"]) == (500, 5000, "uV")
+    ids = list(group["record_id"][:])
+    row = ids.index("records500/00000/00007_hr")
+    ref, _ = wfdb.rdsamp(str(shared_data / "ptbxl" / "records500/00000/00007_hr"))
+    np.testing.assert_array_equal(arr[row], np.rint(ref.T * 1000).astype(np.int16))
+
+
+@pytest.fixture(scope="module")
+def other_store(shared_data, tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("other")
+    summary = convert([shared_data / "other"], tmp / "store.zarr", progress=False, shard_size=64)
+    return tmp / "store.zarr", summary
+
+
+def _rows_of(a, record_id):
+    return np.flatnonzero(a["record_id"] == record_id)
+
+
+@pytest.mark.parametrize("name,up,down", [("mitdb/100", 25, 18), ("qtdb/sel100", 2, 1), ("ptbdb/s0010_re", 1, 2)])
+def test_other_rates_resampled_like_scipy(other_store, shared_data, name, up, down):
+    store, _ = other_store
+    a = load(store)
+    rows = _rows_of(a, name)
+    ref, fields = wfdb.rdsamp(str(shared_data / "other" / name))
+    expect = resample_poly(ref * 1000, up, down, axis=0)
+    n_out = len(expect)
+    assert len(rows) == -(-n_out // 5000) if n_out % 5000 >= 500 else n_out // 5000
+    assert list(a["window_index"][rows]) == list(range(len(rows)))
+    leads = ["I", "II", "III", "aVR", "aVL", "aVF", "V1", "V2", "V3", "V4", "V5", "V6"]
+    names = [{"MLII": "II"}.get(n, n.upper() if n.lower() not in ("avr", "avl", "avf") else "aV" + n[-1].upper())
+             for n in fields["sig_name"]]
+    for w in (0, 1, len(rows) - 1):  # first windows and the (possibly padded) last one
+        row = rows[w]
+        seg = expect[w * 5000 : (w + 1) * 5000]
+        assert a["valid_length"][row] == len(seg)
+        for j, lead in enumerate(names):
+            if lead in leads:
+                got = a["signals"][row, leads.index(lead), : len(seg)]
+                assert np.abs(got - np.rint(seg[:, j])).max() <= 1, (name, w, lead)
+        assert not a["signals"][row, :, len(seg):].any()
+    assert a["orig_rate"][rows[0]] == fields["fs"]
+
+
+def test_ptb_keeps_12_leads_drops_frank(other_store):
+    store, summary = other_store
+    a = load(store)
+    rows = _rows_of(a, "ptbdb/s0010_re")
+    assert a["lead_mask"][rows].all()
+    assert summary.dropped_signals == {"vx": 1, "vy": 1, "vz": 1}
+    assert (a["age"][rows[0]], a["sex"][rows[0]]) == (81.0, 1)
+    mit = _rows_of(a, "mitdb/100")
+    expect = np.zeros(12, bool)
+    expect[[1, 10]] = True  # MLII -> II, V5
+    assert (a["lead_mask"][mit] == expect).all()
+    assert not a["signals"][mit][:, ~expect].any()
+    assert summary.leads_present["II"] == 4 and summary.leads_present["I"] == 2
+
+
+def test_chapman_mat_with_labels(other_store, shared_data):
+    store, _ = other_store
+    a = load(store)
+    (row,) = _rows_of(a, "chapman_shaoxing/JS00001")
+    ref, _ = wfdb.rdsamp(str(shared_data / "other/chapman_shaoxing/JS00001"))
+    np.testing.assert_array_equal(a["signals"][row], np.rint(ref.T * 1000).astype(np.int16))
+    assert a["labels"][row] == "164889003,59118001,164934002"
+    assert (a["age"][row], a["sex"][row], a["strat_fold"][row]) == (85.0, 0, 0)
+
+
+def test_bad_records_reported_good_ones_converted(tmp_path):
+    arch = write_archive(tmp_path / "arch", n=3)
+    summary = convert([arch.root], tmp_path / "s.zarr", progress=False)
+    assert summary.converted == 3
+    assert summary.skipped == {kind: 1 for kind in BAD_KINDS}
+    report = json.loads((tmp_path / "s.zarr" / "_convert" / "quarantine.json").read_text())
+    assert {r["record_id"]: r["reason"] for r in report["records"]} == arch.bad
+    a = load(tmp_path / "s.zarr")
+    assert list(a["record_id"]) == arch.good
+    for row, name in enumerate(arch.good):
+        np.testing.assert_array_equal(a["signals"][row], np.rint(arch.signals[name].T * 1000).astype(np.int16))
+    assert list(a["age"]) == [40, 41, 42] and list(a["sex"]) == [0, 1, 0]
+    assert list(a["labels"]) == ["100,7", "101,7", "102,7"]
+    conv = zarr.open_group(str(tmp_path / "s.zarr"), mode="r").attrs["conversions"]
+    assert len(conv) == 1 and conv[0]["skipped"] == summary.skipped and conv[0]["records_converted"] == 3
+
+
+def test_windows_padding_and_clipping(tmp_path):
+    arch = write_archive(tmp_path / "a", n=1, seconds=23.0, bad=())  # 2 full windows + a 3 s tail
+    big = arch.root / "good000.hea"
+    text = big.read_text().replace(" 1000.0(0)/mV", " 10(0)/mV")  # x100 in µV: 0.3-1.5 mV peaks overflow int16
+    (arch.root / "big.hea").write_text(text.replace("good000", "big"))
+    (arch.root / "big.dat").symlink_to(arch.root / "good000.dat")
+    (arch.root / "RECORDS").write_text("big\ngood000\n")
+    summary = convert([arch.root], tmp_path / "s.zarr", progress=False)
+    a = load(tmp_path / "s.zarr")
+    assert list(a["window_index"]) == [0, 1, 2, 0, 1, 2] and list(a["valid_length"]) == [5000, 5000, 1500] * 2
+    full = np.rint(arch.signals["good000"].T * 1000)
+    np.testing.assert_array_equal(np.concatenate(list(a["signals"][3:6]), axis=1)[:, :11500], full)
+    assert not a["signals"][5, :, 1500:].any()
+    big_uv = np.rint(arch.signals["good000"].T * 100000)
+    assert summary.clipped_samples == int(((big_uv > 32767) | (big_uv < -32768)).sum()) > 0
+    np.testing.assert_array_equal(np.concatenate(list(a["signals"][0:3]), axis=1)[:, :11500],
+                                  np.clip(big_uv, -32768, 32767))
+
+
+_KILLED_RUN = """
+import sys, time
+import zarr_store.tasks as tasks
+real = tasks.build_shard
+def slow(*a, **k):
+    time.sleep(0.15)  # slow shards, so that the kill lands mid-run
+    return real(*a, **k)
+tasks.build_shard = slow
+from zarr_store.convert import convert
+convert([sys.argv[1]], sys.argv[2], progress=False, shard_size=8)
+"""
+
+
+@pytest.mark.parametrize("trigger", ["_convert/*/shard-*.json", "_convert/pending.json"])
+def test_resume_after_sigkill_equals_uninterrupted(tmp_path, trigger):
+    """Killed once a shard is done (or as soon as the run has begun), then re-run: same store."""
+    arch = write_archive(tmp_path / "arch", n=40, fs=250, seconds=10.0, bad=("flat",))
+    ref = tmp_path / "ref.zarr"
+    convert([arch.root], ref, progress=False, shard_size=8)
+    out = tmp_path / "killed.zarr"
+    proc = subprocess.Popen([sys.executable, "-c", _KILLED_RUN, str(arch.root), str(out)], cwd=REPO)
+    try:
+        deadline = time.monotonic() + 60
+        while not list(out.glob(trigger)):
+            assert proc.poll() is None, "the conversion ended before it could be killed"
+            assert time.monotonic() < deadline
+            time.sleep(0.005)
+        time.sleep(0.07)  # somewhere inside a later shard
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    assert (out / "_convert" / "pending.json").exists()  # really killed before the end
+    summary = convert([arch.root], out, progress=False, shard_size=8)
+    assert summary.shards_written >= 1
+    if trigger.endswith("shard-*.json"):
+        assert summary.shards_resumed >= 1
+    assert summary.converted == 40 and summary.skipped == {"flat": 1}
+    assert_same_arrays(load(out), load(ref))
+    for shard in range(5):
+        assert (out / f"signals/c/{shard}/0/0").read_bytes() == (ref / f"signals/c/{shard}/0/0").read_bytes()
+    assert not (out / "_convert" / "pending.json").exists()
+    again = convert([arch.root], out, progress=False, shard_size=8)  # finished: nothing to do
+    assert again.converted == 0 and again.rows_total == 40 and "already converted" in again.note
+
+
+def test_deterministic_workers_and_codecs(tmp_path):
+    arch = write_archive(tmp_path / "arch", n=12, fs=360, seconds=12.0, bad=("truncated",))
+    one = convert([arch.root], tmp_path / "one.zarr", progress=False, shard_size=4)
+    two = convert([arch.root], tmp_path / "two.zarr", progress=False, shard_size=4, workers=2)
+    assert one.rows == two.rows == 24
+    assert_same_arrays(load(tmp_path / "one.zarr"), load(tmp_path / "two.zarr"))
+    for shard in range(6):
+        key = f"signals/c/{shard}/0/0"
+        assert (tmp_path / "one.zarr" / key).read_bytes() == (tmp_path / "two.zarr" / key).read_bytes()
+    base = load(tmp_path / "one.zarr")
+    for codec in ("lz4", "delta"):
+        s = convert([arch.root], tmp_path / f"{codec}.zarr", progress=False, shard_size=4, codec=codec)
+        np.testing.assert_array_equal(zarr.open_array(str(tmp_path / f"{codec}.zarr" / "signals"))[:],
+                                      base["signals"])
+        assert s.compression_ratio > 1
+
+
+def test_append_second_archive(tmp_path):
+    a = write_archive(tmp_path / "a", n=5, bad=())
+    b = write_archive(tmp_path / "b", n=6, seed=50, bad=("flat",))
+    store = tmp_path / "s.zarr"
+    convert([a.root], store, progress=False, shard_size=4)
+    summary = convert([b.root], store, progress=False, shard_size=4)
+    assert summary.rows == 6 and summary.rows_total == 11
+    convert([b.root], tmp_path / "b.zarr", progress=False, shard_size=4)
+    convert([a.root], tmp_path / "a.zarr", progress=False, shard_size=4)
+    got, ra, rb = load(store), load(tmp_path / "a.zarr"), load(tmp_path / "b.zarr")
+    for name in ARRAYS:
+        np.testing.assert_array_equal(got[name], np.concatenate([ra[name], rb[name]]), err_msg=name)
+    assert list(got["source"]) == ["a"] * 5 + ["b"] * 6
+    group = zarr.open_group(str(store), mode="r")
+    assert [c["rows"] for c in group.attrs["conversions"]] == [[0, 5], [5, 11]]
+    report = json.loads((store / "_convert" / "quarantine.json").read_text())
+    assert report["counts"] == {"flat": 1}
+    with pytest.raises(BadArgumentError, match="rate"):
+        convert([a.root], store, progress=False, shard_size=4, rate=250)
+    with pytest.raises(BadArgumentError, match="codec"):
+        convert([a.root], store, progress=False, shard_size=4, codec="lz4")
+
+
+def test_memory_url_and_dask_local_cluster(tmp_path):
+    from distributed import Client, LocalCluster
+
+    arch = write_archive(tmp_path / "arch", n=6, fs=250, bad=("too short",))
+    ref = convert([arch.root], tmp_path / "ref.zarr", progress=False, shard_size=4)
+    url = f"memory://store-{uuid.uuid4().hex}"
+    mem = convert([arch.root], url, progress=False, shard_size=4, workers=2)
+    assert mem.converted == ref.converted == 6 and mem.skipped == {"too short": 1}
+    assert_same_arrays(load(url), load(tmp_path / "ref.zarr"))
+    with LocalCluster(n_workers=1, threads_per_worker=2, processes=False, dashboard_address=None) as cluster:
+        with Client(cluster):
+            dsk = convert([arch.root], tmp_path / "dask.zarr", progress=False, shard_size=4,
+                          dask=cluster.scheduler_address)
+    assert dsk.converted == 6
+    assert_same_arrays(load(tmp_path / "dask.zarr"), load(tmp_path / "ref.zarr"))
+
+
+def test_memory_url_input(tmp_path):
+    """Sources as fsspec URLs: the same rows as from the local copy (RECORDS and walk, bad kinds)."""
+    import fsspec
+
+    arch = write_archive(tmp_path / "arch", n=3, fs=360, bad=("truncated", "missing signal file", "flat"))
+    fs = fsspec.filesystem("memory")
+    base = f"/{uuid.uuid4().hex}"
+    fs.put(str(arch.root), f"{base}/arch", recursive=True)
+    local = convert([arch.root], tmp_path / "local.zarr", progress=False, shard_size=4)
+    remote = convert([f"memory://{base}/arch"], tmp_path / "remote.zarr", progress=False, shard_size=4, workers=2)
+    assert remote.converted == local.converted == 3 and remote.skipped == local.skipped
+    assert_same_arrays(load(tmp_path / "remote.zarr"), load(tmp_path / "local.zarr"))
+    fs.rm(f"{base}/arch/RECORDS")  # now found by walking
+    walked = convert([f"memory://{base}/arch"], f"memory://{base}/out.zarr", progress=False, shard_size=4)
+    assert walked.converted == 3 and walked.skipped == local.skipped
+    assert_same_arrays(load(f"memory://{base}/out.zarr"), load(tmp_path / "local.zarr"))
+    with pytest.raises(BadArgumentError, match="no such folder"):
+        convert([f"memory://{base}/nothing"], tmp_path / "x.zarr", progress=False)
+
+
+def test_bad_arguments(tmp_path):
+    with pytest.raises(BadArgumentError, match="no such folder"):
+        convert([tmp_path / "missing"], tmp_path / "s.zarr", progress=False)
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(BadArgumentError, match="no WFDB records"):
+        convert([tmp_path / "empty"], tmp_path / "s.zarr", progress=False)
+    assert not (tmp_path / "s.zarr").exists()  # nothing created for a failed call
+    arch = write_archive(tmp_path / "arch", n=1, bad=())
+    (tmp_path / "file.txt").write_text("x")
+    with pytest.raises(BadArgumentError, match="not a store"):
+        convert([arch.root], tmp_path / "file.txt", progress=False)
+    with pytest.raises(BadArgumentError, match="not a store"):
+        convert([arch.root], arch.root, progress=False)  # a non-empty folder that is not a store
+    with pytest.raises(BadArgumentError, match="codec"):
+        convert([arch.root], tmp_path / "s2.zarr", progress=False, codec="gzip")
+    with pytest.raises(BadArgumentError, match="window_s"):
+        convert([arch.root], tmp_path / "s3.zarr", progress=False, window_s=0.0011)
+
+
+def test_cli_convert_and_missing_folder(tmp_path, capsys):
+    from crema_fast.cli import main
+
+    assert main(["convert", str(tmp_path / "nope"), "--out", str(tmp_path / "s.zarr")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "no such folder" in err[0]
+    arch = write_archive(tmp_path / "arch", n=2, bad=("flat",))
+    assert main(["convert", str(arch.root), "--out", str(tmp_path / "s.zarr"), "--no-progress"]) == 0
+    out = capsys.readouterr().out
+    assert "converted      2 records" in out and "flat 1" in out and "compression" in out
+    assert math.isclose(len(load(tmp_path / "s.zarr")["record_id"]), 2)
+    assert os.path.exists(tmp_path / "s.zarr" / "_convert" / "quarantine.json")
+
+
+def test_cli_subprocess_exit_code(tmp_path):
+    proc = subprocess.run([sys.executable, "-m", "crema_fast.cli", "convert", str(tmp_path / "nope"), "--out",
+                           str(tmp_path / "s.zarr")], capture_output=True, text=True, cwd=REPO)
+    assert proc.returncode == 2
+    assert proc.stderr.strip().count("\n") == 0 and "Traceback" not in proc.stderr
+    assert textwrap.shorten(proc.stderr, 200).startswith("crema-fast convert: error:")
+
+
+def test_wfdb_fallback_gives_the_same_rows(tmp_path, monkeypatch):
+    """Formats our numpy readers do not handle go through wfdb.rdrecord: same values."""
+    from zarr_store import wfdb_io
+
+    arch = write_archive(tmp_path / "arch", n=2, fs=360, bad=("flat",))
+    convert([arch.root], tmp_path / "numpy.zarr", progress=False)
+    monkeypatch.setattr(wfdb_io, "NUMPY_FORMATS", frozenset())
+    summary = convert([arch.root], tmp_path / "wfdb.zarr", progress=False)
+    assert summary.converted == 2 and summary.skipped == {"flat": 1}
+    assert_same_arrays(load(tmp_path / "wfdb.zarr"), load(tmp_path / "numpy.zarr"))

@@ -1,0 +1,136 @@
+"""crema-fast info: counts, sources, leads, labels, folds, size and quarantine, checked against the
+PTB-XL database file, the converter's summary and the files on disk."""
+
+from __future__ import annotations
+
+import ast
+import shutil
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import zarr
+
+from crema_fast.cli import main
+from crema_fast.commands.info import describe, parse_labels
+from zarr_store.convert import convert
+from zarr_store.errors import BadArgumentError
+
+N_RECORDS = 30
+TRUNCATED = "00007_hr"  # its .dat cut in half: the converter must skip and report it
+
+
+@pytest.fixture(scope="module")
+def converted(shared_data: Path, tmp_path_factory) -> tuple[Path, object, list[int]]:
+    """A store converted from 30 PTB-XL 500 Hz records, one of them truncated. Returns (store, summary,
+    ecg_ids of the converted records)."""
+    src = shared_data / "ptbxl"
+    root = tmp_path_factory.mktemp("info") / "ptbxl"
+    heads = sorted((src / "records500").glob("*/*_hr.hea"))[:N_RECORDS]
+    for h in heads:
+        for f in (h, h.with_suffix(".dat")):
+            dst = root / f.relative_to(src)
+            dst.parent.mkdir(parents=True, exist_ok=True)
+            if h.stem == TRUNCATED:
+                shutil.copy(f, dst)
+            else:
+                dst.symlink_to(f)
+    dat = next(root.rglob(f"{TRUNCATED}.dat"))
+    dat.write_bytes(dat.read_bytes()[: dat.stat().st_size // 2])
+    (root / "ptbxl_database.csv").symlink_to(src / "ptbxl_database.csv")
+    (root / "RECORDS").write_text("".join(f"{h.relative_to(src).with_suffix('')}\n" for h in heads))
+    store = root.parent / "s.zarr"
+    summary = convert([root], store, shard_size=16, progress=False)
+    ids = [int(h.stem[:5]) for h in heads if h.stem != TRUNCATED]
+    return store, summary, ids
+
+
+def test_parse_labels():
+    assert parse_labels("{'NORM': 100.0, 'SR': 0.0}") == ["NORM", "SR"]
+    assert parse_labels("{'NDT': 100.0, 'NST_': 0.0}") == ["NDT", "NST_"]
+    assert parse_labels("164889003,59118001") == ["164889003", "59118001"]
+    assert parse_labels("  ") == [] and parse_labels("") == []
+
+
+def test_describe_converted_ptbxl(converted, shared_data):
+    store, summary, ids = converted
+    f = describe(store, top=100)
+    n = len(ids)
+    assert summary.converted == n and sum(summary.skipped.values()) == 1
+    assert (f["rows"], f["records"], f["rate"], f["window"], f["window_s"]) == (n, n, 500, 5000, 10.0)
+    assert f["sources"] == {"ptbxl": n} and f["read_path"] == "direct" and f["conversions"] == 1
+    assert f["orig_rates"] == {"500": n}
+    assert f["lead_coverage"] == {lead: 1.0 for lead in
+                                  ["I", "II", "III", "aVR", "aVL", "aVF", "V1", "V2", "V3", "V4", "V5", "V6"]}
+    # Oracle: PTB-XL's own database file.
+    db = pd.read_csv(shared_data / "ptbxl" / "ptbxl_database.csv", index_col="ecg_id").loc[ids]
+    want = Counter(code for codes in db.scp_codes for code in ast.literal_eval(codes))
+    assert f["labels"] == dict(want) and f["distinct_labels"] == len(want) and f["labelled_records"] == n
+    assert f["strat_folds"] == {str(k): int(v) for k, v in sorted(Counter(db.strat_fold).items())}
+    # Size: the files on disk; ratio: raw int16 over the stored signal bytes.
+    files = [p for p in Path(store).rglob("*") if p.is_file()]
+    signal_bytes = sum(p.stat().st_size for p in Path(store, "signals").rglob("*") if p.is_file())
+    assert f["bytes_on_disk"] == sum(p.stat().st_size for p in files)
+    assert f["signal_bytes"] == signal_bytes
+    assert f["compression_ratio"] == pytest.approx(n * 12 * 5000 * 2 / signal_bytes)
+    assert f["quarantine"]["counts"] == summary.skipped
+    assert not f["unfinished_conversion"]
+
+
+def test_cli_output(converted, capsys):
+    store, summary, ids = converted
+    assert main(["info", str(store)]) == 0
+    out = capsys.readouterr().out
+    (reason,) = summary.skipped
+    assert f"rows        {len(ids)}  from {len(ids)} records" in out
+    assert "rate        500 Hz, window 5000 samples (10 s)" in out
+    assert f"sources     ptbxl: {len(ids)}" in out
+    assert "I 100%" in out and "V6 100%" in out
+    assert f"quarantine  1 skipped record(s) ({reason}: 1)" in out
+    assert "compression" in out and "NORM" in out
+
+
+def test_not_a_store(tmp_path, capsys):
+    (tmp_path / "plain.txt").write_text("x")
+    assert main(["info", str(tmp_path)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "Zarr v3 group" in err[0]
+    with pytest.raises(BadArgumentError):
+        describe(tmp_path / "plain.txt")
+
+
+def test_multi_window_cinc_labels_and_missing_leads(tmp_path):
+    """Labels and records are counted once per record, lead coverage is the lead_mask's mean; a store
+    made by hand (no report) says so."""
+    path = tmp_path / "s.zarr"
+    g = zarr.open_group(path, mode="w", zarr_format=3)
+    g.attrs.update(format_version=1, rate=500, window=50, leads=["I", "II", "III", "aVR", "aVL", "aVF",
+                                                                  "V1", "V2", "V3", "V4", "V5", "V6"])
+    g.create_array("signals", shape=(5, 12, 50), dtype="int16", chunks=(1, 12, 50), shards=(4, 12, 50))[:] = 1
+    mask = np.ones((5, 12), bool)
+    mask[:, 6:] = False  # a limb-lead-only archive
+    mask[4, 1] = False
+    g.create_array("lead_mask", shape=(5, 12), dtype=bool, chunks=(5, 12))[:] = mask
+    cols = {"record_id": ["a", "a", "a", "b", "c"], "source": ["cinc", "cinc", "cinc", "cinc", "mit"],
+            "labels": ["164889003,59118001"] * 3 + ["59118001", ""]}
+    for name, values in cols.items():
+        g.create_array(name, shape=(5,), dtype=str, chunks=(5,))[:] = values
+    g.create_array("window_index", shape=(5,), dtype="int32", chunks=(5,))[:] = [0, 1, 2, 0, 0]
+    g.create_array("valid_length", shape=(5,), dtype="int32", chunks=(5,))[:] = [50, 50, 20, 50, 50]
+    f = describe(path)
+    assert (f["rows"], f["records"], f["padded_rows"]) == (5, 3, 1)
+    assert f["sources"] == {"cinc": 4, "mit": 1}
+    assert f["labels"] == {"59118001": 2, "164889003": 1} and f["labelled_records"] == 2
+    assert f["lead_coverage"]["I"] == 1.0 and f["lead_coverage"]["II"] == 0.8 and f["lead_coverage"]["V1"] == 0.0
+    assert f["quarantine"] is None and f["compression_ratio"] > 1
+
+
+def test_memory_store():
+    g = zarr.open_group("memory://test_info/s.zarr", mode="w", zarr_format=3)
+    g.attrs.update(rate=250, window=100)
+    g.create_array("signals", shape=(3, 12, 100), dtype="int16", chunks=(1, 12, 100), shards=(2, 12, 100))[:] = 5
+    f = describe("memory://test_info/s.zarr")
+    assert (f["rows"], f["records"], f["rate"]) == (3, 3, 250)
+    assert f["signal_bytes"] > 0 and f["bytes_on_disk"] > f["signal_bytes"]

@@ -1,0 +1,120 @@
+"""zarr_store.wfdb_io against wfdb (the oracle): header parsing, the numpy readers, lead mapping,
+discovery and metadata."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import wfdb
+
+from tests.test_store.archives import ecg_like, write_archive, write_record
+from zarr_store import wfdb_io
+from zarr_store.errors import RecordError
+
+REAL = ["other/mitdb/100", "other/ptbdb/s0010_re", "other/chapman_shaoxing/JS00001", "other/qtdb/sel100",
+        "ptbxl/records500/00000/00001_hr", "ptbxl/records100/00000/00007_lr"]
+
+
+@pytest.mark.parametrize("name", REAL)
+def test_real_headers_and_samples_match_wfdb(shared_data, name):
+    path = shared_data / name
+    header = wfdb_io.read_header(f"{path}.hea")
+    ref = wfdb.rdrecord(str(path), physical=False)
+    assert header.fs == ref.fs and header.sig_len == ref.sig_len and header.n_sig == ref.n_sig
+    assert [s.description for s in header.signals] == ref.sig_name
+    assert [s.gain for s in header.signals] == list(ref.adc_gain)
+    assert [s.baseline for s in header.signals] == list(ref.baseline)
+    assert [s.units for s in header.signals] == ref.units
+    n = wfdb_io.check_files(header, path.parent)
+    digital = wfdb_io.read_digital(header, path.parent, n)
+    np.testing.assert_array_equal(digital, ref.d_signal)
+
+
+def test_header_oddities():
+    text = ("# leading comment\r\n\r\nrec 3 250/360(0) 1000 10:00:00\r\n"
+            "rec.dat 212 200(5)/uV 11 1024 1 2 0 MLII\r\n\r\n"
+            "rec.dat 212 0 11 7 1 2 0 lead V5 modified\r\n"
+            "x.mat 16+24 1000/mV\r\n#Dx: 1, 2\n")
+    h = wfdb_io.parse_header(text)
+    assert (h.name, h.n_sig, h.fs, h.counter_freq, h.sig_len) == ("rec", 3, 250.0, 360.0, 1000)
+    a, b, c = h.signals
+    assert (a.fmt, a.gain, a.baseline, a.units, a.adc_zero, a.description) == (212, 200.0, 5, "uV", 1024, "MLII")
+    assert a.uv_per_unit == pytest.approx(1 / 200)
+    assert (b.gain, b.baseline, b.description) == (200.0, 7, "lead V5 modified")  # gain 0 = 200, baseline = adc zero
+    assert (c.fmt, c.offset, c.gain, c.units) == (16, 24, 1000.0, "mV")
+    assert h.files == ("rec.dat", "rec.dat", "x.mat")
+    assert wfdb_io.signal_groups(h) == {"rec.dat": [0, 1], "x.mat": [2]}
+    assert wfdb_io.comment_meta(h.comments).labels == "1,2"
+
+
+@pytest.mark.parametrize("text", ["", "# only a comment", "rec", "rec x 500 10", "rec 2 500 10\nr.dat 16",
+                                  "rec 1 fast 10\nr.dat 16", "rec 1 500 10\nr.dat abc", "rec 1 500 10\nr.dat 16 g/mV"])
+def test_malformed_headers_raise(text):
+    with pytest.raises(RecordError, match="malformed header"):
+        wfdb_io.parse_header(text)
+
+
+@pytest.mark.parametrize("fmt", ["16", "212", "80", "24", "32"])
+def test_formats_match_wfdb(tmp_path, fmt):
+    sig = ecg_like(1001, 500, 3, seed=int(fmt))  # odd length: a half-filled 212 byte triple at the end
+    gain = 50.0 if fmt == "80" else 1000.0  # format 80 holds 8 bits
+    write_record(tmp_path, "r", sig, 500, names=("I", "II", "V1"), fmt=fmt, gain=gain)
+    header = wfdb_io.read_header(tmp_path / "r.hea")
+    assert header.numpy_readable
+    ref = wfdb.rdrecord(str(tmp_path / "r"), physical=False)
+    np.testing.assert_array_equal(wfdb_io.read_digital(header, tmp_path), ref.d_signal)
+
+
+def test_truncated_and_missing_files(tmp_path):
+    write_record(tmp_path, "r", ecg_like(500, 500, 2, 0), 500, names=("I", "II"))
+    header = wfdb_io.read_header(tmp_path / "r.hea")
+    data = (tmp_path / "r.dat").read_bytes()
+    (tmp_path / "r.dat").write_bytes(data[:-3])
+    with pytest.raises(RecordError, match="^truncated"):
+        wfdb_io.check_files(header, tmp_path)
+    with pytest.raises(RecordError, match="^truncated"):
+        wfdb_io.read_digital(header, tmp_path)
+    (tmp_path / "r.dat").unlink()
+    with pytest.raises(RecordError, match="^missing signal file"):
+        wfdb_io.check_files(header, tmp_path)
+
+
+def test_lead_mapping_aliases_and_drops():
+    idx, dropped = wfdb_io.map_leads(["mlii", "AVR", "avl", "V5", "vx", "Lead I", "D3", "II", "v-6"])
+    expect = {"II": 0, "aVR": 1, "aVL": 2, "V5": 3, "I": 5, "III": 6, "V6": 8}
+    for lead, i in expect.items():
+        assert idx[wfdb_io.LEADS.index(lead)] == i
+    assert (idx >= 0).sum() == len(expect)
+    assert dropped == ["vx", "II"]  # a second II is dropped, not swapped in
+
+
+def test_comment_metadata():
+    cinc = wfdb_io.comment_meta(["Age: 85", "Sex: Male", "Dx: 164889003, 59118001"])
+    assert (cinc.age, cinc.sex, cinc.labels) == (85.0, 0, "164889003,59118001")
+    ptb = wfdb_io.comment_meta(["age: 81", "sex: female", "Reason for admission: MI"])
+    assert (ptb.age, ptb.sex) == (81.0, 1)
+    mit = wfdb_io.comment_meta(["69 M 1085 1629 x1", "Aldomet, Inderal"])
+    assert (mit.age, mit.sex) == (69.0, 0)
+    unknown = wfdb_io.comment_meta(["Age: Unknown", "Sex: ?"])
+    assert math.isnan(unknown.age) and unknown.sex == -1
+
+
+def test_discovery_records_file_and_walk(tmp_path, shared_data):
+    arch = write_archive(tmp_path / "a", n=2, bad=("missing header",))
+    assert wfdb_io.discover_records(arch.root) == sorted([*arch.good, *arch.bad])
+    (arch.root / "RECORDS").unlink()
+    assert wfdb_io.discover_records(arch.root) == arch.good  # the walk finds only what has a .hea
+    assert wfdb_io.discover_records(shared_data / "other") == [
+        "chapman_shaoxing/JS00001", "mitdb/100", "ptbdb/s0010_re", "qtdb/sel100"]
+    walked = wfdb_io.discover_records(shared_data / "ptbxl" / "records100")
+    assert len(walked) == 500 and walked[0] == "00000/00001_lr"
+
+
+def test_ptbxl_table_found_from_a_subfolder(shared_data):
+    table = wfdb_io.find_ptbxl_table(shared_data / "ptbxl" / "records500")
+    row = table.lookup(shared_data / "ptbxl" / "records500" / "00000" / "00001_hr")
+    assert row == wfdb_io.PtbxlRow("{'NORM': 100.0, 'LVOLT': 0.0, 'SR': 0.0}", 3, 56.0, 1)
+    assert table.lookup(shared_data / "ptbxl" / "records100" / "00000" / "00001_lr") == row
+    assert wfdb_io.find_ptbxl_table(shared_data / "other") is None

@@ -1,0 +1,225 @@
+"""One WFDB record -> store rows: inspection (cheap validation that fixes the row count before anything
+is written) and conversion to int16 microvolts at the store rate.
+
+Inspection reads the header and the signal bytes once (~50 µs for a PTB-XL record) so that every bad
+record is known before rows are assigned: the row layout of a conversion is then a pure function of
+the inputs, which is what makes shard tasks independent, deterministic and resumable.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+import os
+from dataclasses import dataclass
+from fractions import Fraction
+from pathlib import Path
+
+import numpy as np
+
+from zarr_store import wfdb_io
+from zarr_store.errors import RecordError
+from zarr_store.wfdb_io import LEADS
+
+N_LEADS = len(LEADS)
+BAD_REASONS = ("missing header", "malformed header", "missing signal file", "truncated", "unreadable",
+               "all-NaN", "flat", "too short", "no standard leads")
+
+
+@dataclass(frozen=True)
+class PlannedRecord:
+    """A record that passed inspection. ``n`` source frames at ``fs`` Hz become ``n_out`` samples at the
+    store rate, cut into ``n_windows`` rows. ``lead_idx[j]`` is the source signal of standard lead j
+    (-1 = missing). ``wfdb`` marks records read through the wfdb fallback."""
+
+    source: int
+    record_id: str
+    path: str
+    fs: float
+    n: int
+    n_out: int
+    n_windows: int
+    lead_idx: tuple[int, ...]
+    dropped: tuple[str, ...]
+    wfdb: bool
+    age: float
+    sex: int
+    labels: str
+    strat_fold: int
+
+
+@dataclass(frozen=True)
+class BadRecord:
+    source: int
+    record_id: str
+    reason: str
+    detail: str
+
+
+@functools.lru_cache(maxsize=256)
+def resample_ratio(fs: float, rate: int) -> tuple[int, int]:
+    """(up, down) with up / down = rate / fs exactly (fs rounded to 1e-6 Hz)."""
+    frac = Fraction(rate) / Fraction(fs).limit_denominator(1_000_000)
+    return frac.numerator, frac.denominator
+
+
+def n_resampled(n: int, fs: float, rate: int) -> int:
+    """Length of scipy.signal.resample_poly's output: ceil(n * up / down)."""
+    up, down = resample_ratio(fs, rate)
+    return -(-n * up // down)
+
+
+def windows_of(n_out: int, window: int, min_samples: int) -> int:
+    """Rows for a record of ``n_out`` samples: the full windows, plus the tail when it is at least
+    ``min_samples`` long (a shorter tail is dropped; a record with no row is "too short")."""
+    full, tail = divmod(n_out, window)
+    return full + (1 if tail >= max(min_samples, 1) else 0)
+
+
+def _reason(exc: RecordError) -> tuple[str, str]:
+    text = str(exc)
+    reason, _, detail = text.partition(": ")
+    if reason not in BAD_REASONS:
+        return "unreadable", text
+    return reason, detail
+
+
+# record path -> (header or None, samples) read by inspection, for the in-process converter, which
+# writes a record's rows right after inspecting it: the signal file is then read once, not twice.
+_CACHE: dict[str, tuple] = {}
+
+
+def release_cache(path: str | None = None) -> None:
+    """Forget what inspection kept for ``path`` (everything when None)."""
+    if path is None:
+        _CACHE.clear()
+    else:
+        _CACHE.pop(path, None)
+
+
+def inspect_record(source: int, root: str, record_id: str, rate: int, window: int,
+                   min_seconds: float, keep: bool = False) -> PlannedRecord | BadRecord:
+    """Validate one record and compute its rows; never raises for a bad record. ``keep``: hold the
+    samples read for record_signal (see _CACHE; release_cache frees them)."""
+    path = os.path.join(root, record_id)  # strings, not pathlib: this runs once per record
+    try:
+        return _inspect(source, path, record_id, rate, window, min_seconds, keep)
+    except RecordError as exc:
+        return BadRecord(source, record_id, *_reason(exc))
+    except Exception as exc:  # never die on one record; the report names the exception
+        return BadRecord(source, record_id, "unreadable", f"{type(exc).__name__}: {exc}")
+
+
+def _inspect(source, path, record_id, rate, window, min_seconds, keep) -> PlannedRecord | BadRecord:
+    directory = os.path.dirname(path)
+    header = wfdb_io.read_header(path + ".hea")
+    meta = wfdb_io.comment_meta(header.comments)
+    if header.numpy_readable:
+        # read_digital checks what check_files would (missing, short, unreadable files) when the
+        # header gives the length; check_files only when the length comes from the file size.
+        n = header.sig_len or wfdb_io.check_files(header, directory)
+        names = [s.description for s in header.signals]
+        lead_idx, dropped = wfdb_io.map_leads(names)
+        sel = lead_idx[lead_idx >= 0]
+        if len(sel) == 0:
+            return BadRecord(source, record_id, "no standard leads", f"signals {names}")
+        d = wfdb_io.read_digital(header, directory, n)
+        if n and _is_flat(d, sel):
+            bad = all((d[:, i] == wfdb_io.INVALID[header.signals[i].fmt]).all() for i in sel)
+            return BadRecord(source, record_id, "all-NaN" if bad else "flat", "every standard lead is constant")
+        fs, use_wfdb = header.fs, False
+        cached = (header, d)
+    else:
+        x, names, _ = wfdb_io.read_physical_wfdb(Path(path))
+        n = len(x)
+        lead_idx, dropped = wfdb_io.map_leads(names)
+        sel = lead_idx[lead_idx >= 0]
+        if len(sel) == 0:
+            return BadRecord(source, record_id, "no standard leads", f"signals {names}")
+        xs = x[:, sel]
+        if n and np.isnan(xs).all():
+            return BadRecord(source, record_id, "all-NaN", "every standard lead is NaN")
+        if n and (np.nan_to_num(xs) == np.nan_to_num(xs[0])).all():
+            return BadRecord(source, record_id, "flat", "every standard lead is constant")
+        fs, use_wfdb = header.fs, True
+        cached = (None, x)
+    n_out = n_resampled(n, fs, rate)
+    min_samples = math.ceil(min_seconds * rate)
+    n_windows = windows_of(n_out, window, min_samples) if n_out >= min_samples else 0
+    if n_windows == 0:
+        return BadRecord(source, record_id, "too short", f"{n / fs:.3f} s < {min_seconds} s")
+    if keep:
+        _CACHE[path] = cached
+    return PlannedRecord(source, record_id, path, float(fs), int(n), int(n_out), int(n_windows),
+                         tuple(int(i) for i in lead_idx), tuple(dropped), use_wfdb,
+                         meta.age, meta.sex, meta.labels, meta.strat_fold)
+
+
+def _is_flat(d: np.ndarray, sel: np.ndarray) -> bool:
+    head = d[:64]
+    if len(sel) == d.shape[1] and (head != head[0]).any():  # almost every real record: decided here
+        return False
+    if len(sel) == d.shape[1]:
+        return bool((d == d[0]).all())
+    return bool((d[:, sel] == d[0, sel]).all())
+
+
+@dataclass
+class SignalStats:
+    clipped: int = 0
+    invalid: int = 0
+
+
+def record_signal(rec: PlannedRecord, rate: int) -> tuple[np.ndarray, SignalStats]:
+    """The record at the store rate in the standard lead order: int16 µV, shape (12, n_out); missing
+    leads are zeros; no-data samples (WFDB's invalid value, NaN) become 0 and are counted, values
+    outside int16 are clipped and counted."""
+    lead_idx = np.asarray(rec.lead_idx)
+    present = np.flatnonzero(lead_idx >= 0)
+    sel = lead_idx[present]
+    stats = SignalStats()
+    cached = _CACHE.get(rec.path)
+    if rec.wfdb:
+        x = cached[1] if cached is not None else wfdb_io.read_physical_wfdb(Path(rec.path))[0]
+        x = x[: rec.n, sel]
+        bad = np.isnan(x)
+    else:
+        if cached is not None:
+            header, d = cached
+        else:
+            header = wfdb_io.read_header(rec.path + ".hea")
+            d = wfdb_io.read_digital(header, os.path.dirname(rec.path), rec.n)
+        specs = [header.signals[i] for i in sel]
+        unit_scale = all(s.uv == 1.0 and s.baseline == 0 for s in specs)
+        if d.dtype == np.int16 and unit_scale and rec.n_out == rec.n:
+            # Fast path (PTB-XL, CinC): ADC units are already µV at the store rate; no float round trip.
+            out = np.zeros((N_LEADS, rec.n), dtype=np.int16)
+            if len(present) == N_LEADS and (sel == np.arange(N_LEADS)).all():
+                out[:] = d.T
+            else:
+                out[present] = d[:, sel].T
+            if out.min() == -32768:  # WFDB's no-data value in formats 16/61 (checked cheaply first)
+                invalid = out[present] == np.int16(-32768)
+                stats.invalid = int(invalid.sum())
+                out[present] = np.where(invalid, 0, out[present])
+            return out, stats
+        x = d[:, sel].astype(np.float64)
+        bad = x == np.array([wfdb_io.INVALID[s.fmt] for s in specs], dtype=np.float64)
+        x -= np.array([s.baseline for s in specs], dtype=np.float64)
+        x *= np.array([s.uv for s in specs], dtype=np.float64)
+    stats.invalid = int(bad.sum())
+    if stats.invalid:
+        x[bad] = 0.0
+    up, down = resample_ratio(rec.fs, rate)
+    if (up, down) != (1, 1):
+        from scipy.signal import resample_poly
+
+        x = resample_poly(x, up, down, axis=0)
+    y = np.rint(x)
+    over = (y > 32767) | (y < -32768)
+    stats.clipped = int(over.sum())
+    if stats.clipped:
+        np.clip(y, -32768, 32767, out=y)
+    out = np.zeros((N_LEADS, len(y)), dtype=np.int16)
+    out[present] = y.T
+    return out, stats

@@ -1,0 +1,180 @@
+"""Direct writing of Zarr v3 shard files, and the small key/value I/O the converter needs.
+
+A shard file (zarr's ``sharding_indexed`` codec, index at the end) is the encoded inner chunks one after
+the other, then an index of ``(offset, nbytes)`` little-endian uint64 pairs per inner chunk in C order
+(``(2**64-1, 2**64-1)`` = empty chunk), then the crc32c of the index as 4 little-endian bytes. Writing it
+ourselves skips zarr's per-chunk overhead (~15% of conversion time, shared/notes/zarr-store.md); plain
+``zarr.open_array`` reads the result bit for bit (tested).
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+
+import google_crc32c
+import numcodecs
+import numpy as np
+
+EMPTY = np.uint64(2**64 - 1)
+CODECS = ("zstd", "lz4", "delta")
+
+
+@dataclass(frozen=True)
+class ChunkCodec:
+    """The inner-chunk pipeline of ``signals``: optional delta filter, then Blosc with bit-shuffle.
+
+    ``blocksize`` (bytes) is the chunk's own size, so Blosc compresses each chunk as one block: on
+    PTB-XL rows (120,000 bytes) that encodes 1.4x and decodes 1.4x faster than Blosc's automatic
+    block size (~3,850 vs ~2,700 encodes/s, ~8,700 vs ~6,200 decodes/s per core), with a slightly
+    better ratio (2.60 vs 2.58). Decoding is self-describing, so any reader benefits."""
+
+    name: str = "zstd"
+    blocksize: int = 0
+
+    def __post_init__(self):
+        if self.name not in CODECS:
+            raise ValueError(f"codec: expected one of {CODECS}, got {self.name!r}")
+
+    @property
+    def cname(self) -> str:
+        return "lz4" if self.name == "lz4" else "zstd"
+
+    def blosc(self) -> numcodecs.Blosc:
+        return numcodecs.Blosc(cname=self.cname, clevel=1, shuffle=numcodecs.Blosc.BITSHUFFLE,
+                               blocksize=self.blocksize)
+
+    def zarr_codecs(self) -> tuple[list, list]:
+        """(filters, compressors) for ``zarr.create_array`` describing the same pipeline."""
+        from zarr.codecs import BloscCodec
+
+        filters = []
+        if self.name == "delta":
+            from zarr.codecs.numcodecs import Delta
+
+            filters = [Delta(dtype="<i2")]
+        return filters, [BloscCodec(cname=self.cname, clevel=1, shuffle="bitshuffle", typesize=2,
+                                    blocksize=self.blocksize)]
+
+
+class ChunkEncoder:
+    """Encodes one int16 chunk (C-contiguous) to bytes exactly as the zarr pipeline above expects."""
+
+    def __init__(self, codec: ChunkCodec):
+        self._blosc = codec.blosc()
+        self._delta = numcodecs.Delta(dtype="<i2") if codec.name == "delta" else None
+
+    def encode(self, chunk: np.ndarray) -> bytes:
+        assert chunk.dtype == np.int16 and chunk.flags.c_contiguous
+        if self._delta is not None:
+            chunk = self._delta.encode(chunk)
+        return self._blosc.encode(chunk)
+
+
+def build_shard(chunks: list[bytes | None], n_per_shard: int) -> list[bytes]:
+    """The parts of a shard file (concatenated, they are the file) from up to ``n_per_shard`` encoded
+    chunks (None = empty chunk). Parts, not one bytes object: joining 20+ MB costs a copy."""
+    index = np.full((n_per_shard, 2), EMPTY, dtype="<u8")
+    offset = 0
+    for i, c in enumerate(chunks):
+        if c is not None:
+            index[i] = (offset, len(c))
+            offset += len(c)
+    index_bytes = index.tobytes()
+    crc = np.uint32(google_crc32c.value(index_bytes)).astype("<u4").tobytes()
+    return [c for c in chunks if c is not None] + [index_bytes, crc]
+
+
+def split_shard(data: bytes, n_per_shard: int) -> list[bytes | None]:
+    """Inverse of build_shard: the encoded chunks of a shard file (None where empty)."""
+    size = n_per_shard * 16 + 4
+    if len(data) < size:
+        raise ValueError(f"shard file: expected at least {size} bytes, got {len(data)}")
+    index_bytes = data[-size:-4]
+    if google_crc32c.value(index_bytes) != int(np.frombuffer(data[-4:], dtype="<u4")[0]):
+        raise ValueError("shard file: index checksum mismatch")
+    index = np.frombuffer(index_bytes, dtype="<u8").reshape(n_per_shard, 2)
+    return [None if o == EMPTY else data[int(o) : int(o) + int(n)] for o, n in index]
+
+
+class StoreIO:
+    """Byte-level access to a store: a local folder (atomic writes through rename) or an fsspec URL
+    (whose single-object puts are atomic on object stores)."""
+
+    def __init__(self, url: str):
+        self.url = url
+        self.local = "://" not in url or url.startswith("file://")
+        if self.local:
+            self.root = Path(url[len("file://"):] if url.startswith("file://") else url)
+            self.fs = None
+        else:
+            import fsspec
+
+            self.fs, self.root = fsspec.core.url_to_fs(url)
+
+    def _path(self, key: str):
+        return self.root / key if self.local else f"{self.root.rstrip('/')}/{key}"
+
+    def write(self, key: str, data: bytes | list[bytes]) -> None:
+        """Write ``data`` (bytes, or parts to concatenate) at ``key`` atomically."""
+        path = self._path(key)
+        parts = [data] if isinstance(data, (bytes, bytearray, memoryview)) else data
+        if not self.local:
+            self.fs.pipe_file(path, b"".join(parts))
+            return
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".tmp-{path.name}-{os.getpid()}-{uuid.uuid4().hex[:8]}")
+        try:
+            with open(tmp, "wb") as fh:
+                fh.writelines(parts)
+            os.replace(tmp, path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+
+    def read(self, key: str) -> bytes | None:
+        path = self._path(key)
+        try:
+            if self.local:
+                return path.read_bytes()
+            return self.fs.cat_file(path)
+        except FileNotFoundError:
+            return None
+
+    def exists(self, key: str) -> bool:
+        return self._path(key).exists() if self.local else self.fs.exists(self._path(key))
+
+    def listdir(self, key: str) -> list[str]:
+        path = self._path(key)
+        if self.local:
+            return sorted(p.name for p in path.iterdir()) if path.is_dir() else []
+        try:
+            return sorted(p.rstrip("/").rsplit("/", 1)[-1] for p in self.fs.ls(path, detail=False))
+        except FileNotFoundError:
+            return []
+
+    def remove_tree(self, key: str) -> None:
+        path = self._path(key)
+        if self.local:
+            import shutil
+
+            if path.is_dir():
+                shutil.rmtree(path, ignore_errors=True)
+            else:
+                path.unlink(missing_ok=True)
+        elif self.fs.exists(path):
+            self.fs.rm(path, recursive=True)
+
+    def size(self, key: str = "") -> int:
+        """Bytes under ``key`` (the whole store by default)."""
+        path = self._path(key) if key else self.root
+        if self.local:
+            if path.is_file():
+                return path.stat().st_size
+            return sum(f.stat().st_size for f in Path(path).rglob("*") if f.is_file())
+        try:
+            return int(self.fs.du(path))
+        except FileNotFoundError:
+            return 0

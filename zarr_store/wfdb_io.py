@@ -1,0 +1,539 @@
+"""Fast WFDB reading: a small header parser, numpy readers for the common formats, lead mapping,
+record discovery and metadata (header comments, PTB-XL's ``ptbxl_database.csv``).
+
+Why our own parser: ``wfdb.rdheader`` costs about 3 ms per record, more than reading and encoding the
+signal (see shared/notes/zarr-store.md). ``wfdb`` stays the fallback for what we do not parse
+(multi-segment records, formats other than 16/61/80/212/24/32, several samples per frame, skew) and the
+test oracle.
+
+Header grammar handled (PhysioNet's ``header(5)``):
+record line ``name[/nseg] nsig [fs[/counter[(base)]] [nsamp [time [date]]]]``; signal lines
+``file fmt[xspf][:skew][+offset] [gain[(baseline)][/units] [adcres [adczero [init [cksum [bsize
+[description]]]]]]]``; ``#`` comment lines and blank lines anywhere; CR/LF line ends. Signals that share a
+file are interleaved frame by frame, so one file is read once for all its signals.
+
+Paths may be fsspec URLs (``memory://``, ``s3://``): files are then fetched with ``fs.cat_file``
+(byte ranges for signal files); the wfdb fallback needs local files.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import functools
+import math
+import os
+import re
+import stat
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from zarr_store.errors import RecordError
+
+LEADS: tuple[str, ...] = ("I", "II", "III", "aVR", "aVL", "aVF", "V1", "V2", "V3", "V4", "V5", "V6")
+
+# Normalized name (lower case, no spaces, '-' or '_', no leading "lead") -> standard lead.
+_LEAD_ALIASES: dict[str, str] = {name.lower(): name for name in LEADS}
+_LEAD_ALIASES.update({
+    "mli": "I", "mlii": "II", "mliii": "III", "ml1": "I", "ml2": "II", "ml3": "III",
+    "d1": "I", "d2": "II", "d3": "III", "di": "I", "dii": "II", "diii": "III",
+    "1": "I", "2": "II", "3": "III",
+})
+_LEAD_INDEX = {name: i for i, name in enumerate(LEADS)}
+
+# Sample value that WFDB reads as "no data" (NaN in wfdb's physical signal), per format.
+INVALID = {16: -32768, 61: -32768, 80: -128, 212: -2048, 24: -(1 << 23), 32: -(1 << 31)}
+NUMPY_FORMATS = frozenset(INVALID)
+# Bytes per sample, as (numerator, denominator): 212 packs two samples in three bytes.
+_BYTES = {16: (2, 1), 61: (2, 1), 80: (1, 1), 212: (3, 2), 24: (3, 1), 32: (4, 1)}
+
+_UNIT_TO_UV = {"mv": 1000.0, "uv": 1.0, "\u00b5v": 1.0, "\u03bcv": 1.0, "v": 1e6, "nv": 1e-3}
+
+_FMT_RE = re.compile(r"^(\d+)(?:x(\d+))?(?::(\d+))?(?:\+(\d+))?$")
+_GAIN_RE = re.compile(r"^([-+]?[\d.]+(?:[eE][-+]?\d+)?)(?:\(([-+]?\d+)\))?(?:/(\S+))?$")
+_FS_RE = re.compile(r"^([\d.]+(?:[eE][-+]?\d+)?)(?:/([\d.]+(?:[eE][-+]?\d+)?)(?:\(([-\d.]+)\))?)?$")
+
+
+@dataclass(frozen=True)
+class SignalSpec:
+    """One signal line. ``gain`` is ADC units per physical unit; ``baseline`` the ADC value of 0."""
+
+    fmt: int
+    spf: int = 1
+    skew: int = 0
+    offset: int = 0
+    gain: float = 200.0
+    baseline: int = 0
+    units: str = "mV"
+    adc_zero: int = 0
+    description: str = ""
+    uv: float = field(init=False, repr=False)  # µV per ADC unit, computed once (specs are cached)
+
+    def __post_init__(self):
+        object.__setattr__(self, "uv", self.uv_per_unit)
+
+    @property
+    def uv_per_unit(self) -> float:
+        """Microvolts per ADC unit: (1 / gain) x the physical unit in µV (mV when the unit is unknown)."""
+        return _UNIT_TO_UV.get(self.units.strip().lower(), 1000.0) / self.gain
+
+
+@dataclass(frozen=True)
+class Header:
+    """A parsed single-segment header (``n_seg`` > 1 marks a multi-segment record, read through wfdb).
+    ``files[i]`` is the signal file of ``signals[i]``."""
+
+    name: str
+    n_sig: int
+    fs: float
+    sig_len: int
+    signals: tuple[SignalSpec, ...]
+    files: tuple[str, ...] = ()
+    comments: tuple[str, ...] = ()
+    counter_freq: float | None = None
+    n_seg: int = 1
+
+    @property
+    def numpy_readable(self) -> bool:
+        """True when every signal is in a format our numpy readers handle."""
+        return self.n_seg == 1 and all(
+            s.fmt in NUMPY_FORMATS and s.spf == 1 and s.skew == 0 for s in self.signals
+        ) and "~" not in self.files
+
+
+def _bad(what: str) -> RecordError:
+    return RecordError(f"malformed header: {what}")
+
+
+def parse_header(text: str) -> Header:
+    """Parse the text of a ``.hea`` file; raises RecordError("malformed header: ...")."""
+    lines, comments = [], []
+    for raw in text.splitlines():
+        line = raw.strip()
+        if not line:
+            continue
+        if line.startswith("#"):
+            comments.append(line[1:].strip())
+        else:
+            lines.append(line)
+    if not lines:
+        raise _bad("no record line")
+    rec = lines[0].split()
+    if len(rec) < 2:
+        raise _bad(f"record line {lines[0]!r} has fewer than 2 fields")
+    name, n_seg = rec[0], 1
+    if "/" in name:
+        name, seg = name.split("/", 1)
+        n_seg = _int(seg, "segment count")
+    n_sig = _int(rec[1], "signal count")
+    fs, counter = 250.0, None
+    if len(rec) > 2:
+        m = _FS_RE.match(rec[2])
+        if not m:
+            raise _bad(f"sampling frequency {rec[2]!r}")
+        fs = float(m.group(1))
+        counter = float(m.group(2)) if m.group(2) else None
+    if not (fs > 0 and math.isfinite(fs)):
+        raise _bad(f"sampling frequency {fs}")
+    sig_len = _int(rec[3], "number of samples") if len(rec) > 3 else 0
+    if n_sig < 0 or sig_len < 0:
+        raise _bad("negative signal count or length")
+    if n_seg > 1:  # segment lines are "name nsamp": wfdb reads these records
+        return Header(name, n_sig, fs, sig_len, (), (), tuple(comments), counter, n_seg)
+    if len(lines) - 1 < n_sig:
+        raise _bad(f"{n_sig} signals announced, {len(lines) - 1} signal lines found")
+    files, signals = [], []
+    for line in lines[1 : 1 + n_sig]:
+        f = line.split(None, 8)
+        if len(f) < 2:
+            raise _bad(f"signal line {line!r} has fewer than 2 fields")
+        files.append(f[0])
+        # The initial value and checksum (fields 5, 6) differ between records and are not used; the
+        # rest repeats across an archive, so each distinct text is parsed once (cached).
+        signals.append(_signal_spec(f[1], f[2] if len(f) > 2 else "", f[4] if len(f) > 4 else "",
+                                    f[8].strip() if len(f) > 8 else ""))
+    return Header(name, n_sig, fs, sig_len, tuple(signals), tuple(files), tuple(comments), counter, n_seg)
+
+
+def _int(text: str, what: str) -> int:
+    try:
+        return int(text)
+    except ValueError:
+        raise _bad(f"{what} {text!r} is not an integer") from None
+
+
+@functools.lru_cache(maxsize=4096)
+def _signal_spec(fmt_text: str, gain_text: str, adc_zero_text: str, description: str) -> SignalSpec:
+    m = _FMT_RE.match(fmt_text)
+    if not m:
+        raise _bad(f"signal format {fmt_text!r}")
+    fmt, spf, skew, offset = int(m.group(1)), int(m.group(2) or 1), int(m.group(3) or 0), int(m.group(4) or 0)
+    gain, baseline, units = 200.0, None, "mV"
+    if gain_text:
+        g = _GAIN_RE.match(gain_text)
+        if not g:
+            raise _bad(f"gain {gain_text!r}")
+        gain = float(g.group(1)) or 200.0  # WFDB: a gain of 0 means the default, 200
+        baseline = int(g.group(2)) if g.group(2) is not None else None
+        units = g.group(3) or "mV"
+    adc_zero = _int(adc_zero_text, "ADC zero") if adc_zero_text else 0
+    return SignalSpec(fmt, spf, skew, offset, gain, adc_zero if baseline is None else baseline,
+                      units, adc_zero, description)
+
+
+def is_url(path) -> bool:
+    """An fsspec URL (``memory://``, ``s3://``, ...) rather than a local path."""
+    text = str(path)
+    return "://" in text and not text.startswith("file://")
+
+
+def _url_fs(url: str):
+    import fsspec
+
+    return fsspec.core.url_to_fs(url)
+
+
+def _cat(url: str, start: int | None = None, end: int | None = None) -> bytes:
+    fs, path = _url_fs(url)
+    if fs.isdir(path):
+        raise IsADirectoryError(21, "Is a directory")
+    return fs.cat_file(path, start=start, end=end)
+
+
+def read_header(path: str | os.PathLike) -> Header:
+    """Read and parse ``path`` (a ``.hea`` file; a local path or an fsspec URL)."""
+    try:
+        if is_url(path):
+            text = _cat(str(path)).decode("latin-1")
+        else:
+            with open(path, "rb", buffering=0) as fh:  # unbuffered: one copy, not two
+                text = fh.read().decode("latin-1")
+    except FileNotFoundError:
+        raise RecordError(f"missing header: {os.path.basename(path)}") from None
+    except OSError as exc:
+        raise RecordError(f"unreadable header: {exc.strerror or exc}") from None
+    return parse_header(text)
+
+
+def signal_groups(header: Header) -> dict[str, list[int]]:
+    """Signal file name -> indices of its signals, in header order (the frame order inside the file)."""
+    groups: dict[str, list[int]] = {}
+    for i, file in enumerate(header.files):
+        groups.setdefault(file, []).append(i)
+    return groups
+
+
+def expected_bytes(fmt: int, n_values: int) -> int:
+    num, den = _BYTES[fmt]
+    return -(-n_values * num // den)
+
+
+def check_files(header: Header, directory: str | os.PathLike) -> int:
+    """Check that every signal file exists and holds ``sig_len`` frames; returns the frame count
+    (derived from the file size when the header gives none). Raises RecordError otherwise."""
+    n = header.sig_len
+    for file, idx in signal_groups(header).items():
+        spec = header.signals[idx[0]]
+        try:
+            if is_url(directory):
+                fs, path = _url_fs(os.path.join(directory, file))
+                info = fs.info(path)
+                regular, size = info.get("type") == "file", int(info.get("size") or 0)
+            else:
+                st = os.stat(os.path.join(directory, file))
+                regular, size = stat.S_ISREG(st.st_mode), st.st_size
+        except FileNotFoundError:
+            raise RecordError(f"missing signal file: {file}") from None
+        except OSError as exc:
+            raise RecordError(f"unreadable: {exc.strerror or exc}") from None
+        if not regular:
+            raise RecordError(f"unreadable: {file} is not a regular file")
+        size -= spec.offset
+        if spec.fmt not in _BYTES:
+            continue  # read through wfdb, which checks itself
+        if n == 0:
+            num, den = _BYTES[spec.fmt]
+            n = (max(size, 0) * den // num) // len(idx)
+        elif size < expected_bytes(spec.fmt, n * len(idx)):
+            raise RecordError(f"truncated: {file} holds {max(size, 0)} bytes, {n} samples need "
+                              f"{expected_bytes(spec.fmt, n * len(idx))}")
+    return n
+
+
+def read_digital(header: Header, directory: str | os.PathLike, n: int | None = None) -> np.ndarray:
+    """ADC values, shape (n, n_sig) in frame order: int16 when every file is format 16 and one file
+    holds all signals (a view of the file's bytes, no copy), int32 otherwise. ``n`` frames (default
+    ``header.sig_len``). Raises RecordError on a missing, short or unreadable file."""
+    n = header.sig_len if n is None else n
+    groups = signal_groups(header)
+    out = None
+    for file, idx in groups.items():
+        spec = header.signals[idx[0]]
+        if any(header.signals[i].fmt != spec.fmt for i in idx):
+            raise _bad(f"signals in {file} have different formats")
+        values = _read_file(os.path.join(directory, file), spec.fmt, spec.offset, n * len(idx)).reshape(n, len(idx))
+        if len(groups) == 1:
+            return values
+        if out is None:
+            out = np.empty((n, header.n_sig), dtype=np.int32)
+        out[:, idx] = values
+    if out is None:
+        return np.empty((n, 0), dtype=np.int32)
+    return out
+
+
+def _read_file(path: str, fmt: int, offset: int, count: int) -> np.ndarray:
+    nbytes = expected_bytes(fmt, count)
+    try:
+        if is_url(path):
+            raw = _cat(path, offset, offset + nbytes)
+            return _decode(raw, nbytes, fmt, offset, count, path)
+        with open(path, "rb", buffering=0) as fh:  # unbuffered: one copy, not two
+            if offset:
+                fh.seek(offset)
+            raw = fh.read(nbytes)
+            while len(raw) < nbytes:  # a raw read returns at most ~2 GiB at a time
+                more = fh.read(nbytes - len(raw))
+                if not more:
+                    break
+                raw += more
+    except FileNotFoundError:
+        raise RecordError(f"missing signal file: {os.path.basename(path)}") from None
+    except OSError as exc:
+        raise RecordError(f"unreadable: {exc.strerror or exc}") from None
+    return _decode(raw, nbytes, fmt, offset, count, path)
+
+
+def _decode(raw: bytes, nbytes: int, fmt: int, offset: int, count: int, path: str) -> np.ndarray:
+    if len(raw) < nbytes:
+        raise RecordError(f"truncated: {os.path.basename(path)} holds {len(raw)} bytes after offset {offset}, need {nbytes}")
+    b = np.frombuffer(raw, dtype=np.uint8)
+    if fmt == 16:
+        return b.view("<i2")
+    if fmt == 61:
+        return b.view(">i2").astype(np.int16)
+    if fmt == 32:
+        return b.view("<i4")
+    if fmt == 80:
+        return b.astype(np.int16) - 128
+    if fmt == 24:
+        t = b.reshape(-1, 3).astype(np.int32)
+        v = t[:, 0] | (t[:, 1] << 8) | (t[:, 2] << 16)
+        return np.where(v >= 1 << 23, v - (1 << 24), v)
+    if fmt == 212:  # two 12-bit samples in three bytes: low byte, shared nibbles, low byte
+        padded = np.zeros(-(-len(b) // 3) * 3, dtype=np.int32)
+        padded[: len(b)] = b
+        t = padded.reshape(-1, 3)
+        v = np.empty((len(t), 2), dtype=np.int32)
+        v[:, 0] = t[:, 0] | ((t[:, 1] & 0x0F) << 8)
+        v[:, 1] = t[:, 2] | ((t[:, 1] & 0xF0) << 4)
+        v = v.reshape(-1)[:count]
+        return np.where(v >= 2048, v - 4096, v)
+    raise RecordError(f"unsupported format {fmt}")
+
+
+def read_physical_wfdb(record_path: Path) -> tuple[np.ndarray, list[str], list[float]]:
+    """Fallback through wfdb: physical values in µV, shape (n, n_sig) float64 (NaN = no data),
+    the signal names and µV per physical unit of each signal."""
+    import wfdb
+
+    if is_url(record_path):
+        raise RecordError("unreadable: this format is read through wfdb, which needs a local file")
+    try:
+        rec = wfdb.rdrecord(str(record_path), physical=True)
+    except Exception as exc:  # wfdb raises many types for bad files; all mean "unreadable" here
+        raise RecordError(f"unreadable: {type(exc).__name__}: {exc}") from None
+    if rec.p_signal is None:
+        raise RecordError("unreadable: wfdb returned no signal")
+    scale = [_UNIT_TO_UV.get((u or "mV").strip().lower(), 1000.0) for u in rec.units]
+    return rec.p_signal * np.asarray(scale), list(rec.sig_name), scale
+
+
+def map_leads(names: list[str] | tuple[str, ...]) -> tuple[np.ndarray, list[str]]:
+    """Standard lead order for signal names: (source index per lead, shape (12,) int, -1 = missing;
+    names of the signals dropped). A second signal that maps to a lead already taken is dropped."""
+    idx, dropped = _map_leads(tuple(names))
+    return idx.copy(), list(dropped)
+
+
+@functools.lru_cache(maxsize=1024)
+def _map_leads(names: tuple[str, ...]) -> tuple[np.ndarray, tuple[str, ...]]:
+    idx = np.full(len(LEADS), -1, dtype=np.int64)
+    dropped = []
+    for i, raw in enumerate(names):
+        key = re.sub(r"[\s_\-]", "", raw.lower())
+        if key.startswith("lead") and len(key) > 4:
+            key = key[4:]
+        lead = _LEAD_ALIASES.get(key)
+        if lead is None or idx[_LEAD_INDEX[lead]] >= 0:
+            dropped.append(raw)
+        else:
+            idx[_LEAD_INDEX[lead]] = i
+    return idx, tuple(dropped)
+
+
+@dataclass
+class RecordMeta:
+    """Per-record metadata: age in years (NaN unknown), sex (-1 unknown, 0 male, 1 female), labels
+    ("" unknown), strat_fold (0 unknown)."""
+
+    age: float = math.nan
+    sex: int = -1
+    labels: str = ""
+    strat_fold: int = 0
+
+
+_KV_RE = re.compile(r"^([A-Za-z][A-Za-z ]*?)\s*:\s*(.*)$")
+_MITDB_RE = re.compile(r"^(\d+)\s+([MFmf])\b")
+
+
+def _sex(text: str) -> int:
+    t = text.strip().lower()
+    return 0 if t in ("m", "male") else 1 if t in ("f", "female") else -1
+
+
+def _age(text: str) -> float:
+    try:
+        v = float(text)
+    except ValueError:
+        return math.nan
+    return v if math.isfinite(v) and v >= 0 else math.nan
+
+
+def comment_meta(comments: tuple[str, ...] | list[str]) -> RecordMeta:
+    """Metadata from header comments: CinC ``#Age: 85`` / ``#Sex: Male`` / ``#Dx: a,b``, PTB's
+    ``# age: 81`` / ``# sex: female``, and MIT-BIH's leading ``# 69 M ...``."""
+    meta = RecordMeta()
+    for i, c in enumerate(comments):
+        m = _KV_RE.match(c)
+        if m:
+            key, value = m.group(1).strip().lower(), m.group(2).strip()
+            if key == "age":
+                meta.age = _age(value)
+            elif key in ("sex", "gender"):
+                meta.sex = _sex(value)
+            elif key == "dx":
+                meta.labels = ",".join(p.strip() for p in value.split(",") if p.strip())
+        elif math.isnan(meta.age) and meta.sex < 0:
+            m = _MITDB_RE.match(c)
+            if m:
+                meta.age, meta.sex = _age(m.group(1)), _sex(m.group(2))
+    return meta
+
+
+@dataclass(frozen=True)
+class PtbxlRow:
+    labels: str
+    strat_fold: int
+    age: float
+    sex: int
+
+
+@dataclass
+class PtbxlTable:
+    """``ptbxl_database.csv``: rows by record path relative to the csv's folder (no extension)."""
+
+    root: str
+    rows: dict[str, PtbxlRow] = field(default_factory=dict)
+
+    def lookup(self, record_path: str | os.PathLike) -> PtbxlRow | None:
+        if is_url(record_path):
+            path, root = str(record_path), self.root.rstrip("/") + "/"
+        else:  # absolute, not resolved: a folder of symlinks to records still matches its csv
+            path, root = os.path.abspath(record_path), self.root + os.sep
+        if not path.startswith(root):
+            return None
+        return self.rows.get(path[len(root):].replace(os.sep, "/"))
+
+
+def find_ptbxl_table(source, levels: int = 2) -> PtbxlTable | None:
+    """Load ``ptbxl_database.csv`` from ``source`` or one of its ``levels`` parents (so that
+    converting ``ptbxl/records500`` still finds ``ptbxl/ptbxl_database.csv``); None if absent."""
+    if is_url(source):
+        folder = str(source).rstrip("/")
+        for _ in range(levels + 1):
+            fs, path = _url_fs(f"{folder}/ptbxl_database.csv")
+            if fs.isfile(path):
+                return _load_ptbxl(fs.cat_file(path).decode("utf-8"), folder)
+            if folder.split("://", 1)[1].strip("/") == "":
+                break
+            folder = folder.rsplit("/", 1)[0]
+        return None
+    folder = Path(os.path.abspath(source))
+    for _ in range(levels + 1):
+        path = folder / "ptbxl_database.csv"
+        if path.is_file():
+            return _load_ptbxl(path.read_text(encoding="utf-8"), str(folder))
+        folder = folder.parent
+    return None
+
+
+def _load_ptbxl(text: str, root: str) -> PtbxlTable:
+    table = PtbxlTable(root)
+    for row in csv.DictReader(io.StringIO(text, newline="")):
+        codes = (row.get("scp_codes", "") or "").strip()  # the dict literal, as PTB-XL writes it
+        fold = row.get("strat_fold", "") or "0"
+        entry = PtbxlRow(codes, int(float(fold)) if fold.strip() else 0,
+                         _age(row.get("age", "") or "nan"), _ptbxl_sex(row.get("sex", "")))
+        for key in ("filename_hr", "filename_lr"):
+            if row.get(key):
+                table.rows[row[key].strip()] = entry
+    return table
+
+
+def _ptbxl_sex(text: str | None) -> int:
+    try:
+        v = int(float(text or ""))
+    except ValueError:
+        return -1
+    return v if v in (0, 1) else -1
+
+
+def discover_records(source: Path) -> list[str]:
+    """Record names (paths relative to ``source``, posix, no extension), sorted. A ``RECORDS`` file in
+    ``source`` is followed (entries ending in '/' name folders with their own RECORDS); otherwise the
+    tree is walked for ``.hea`` files. A record listed in RECORDS whose header is missing is kept, so
+    that conversion reports it."""
+    names: set[str] = set()
+    if is_url(source):
+        fs, root = _url_fs(str(source).rstrip("/"))
+        root = root.rstrip("/")
+        if fs.isfile(f"{root}/RECORDS"):
+            _follow_records(source, "", names, depth=0)
+        else:
+            for f in fs.find(root):
+                rel = f[len(root):].lstrip("/")
+                if rel.endswith(".hea") and not rel.rsplit("/", 1)[-1].startswith("."):
+                    names.add(rel[:-4])
+        return sorted(names)
+    source = Path(source)
+    if (source / "RECORDS").is_file():
+        _follow_records(source, "", names, depth=0)
+    else:
+        for dirpath, dirnames, filenames in os.walk(source):
+            dirnames.sort()
+            rel = Path(dirpath).relative_to(source)
+            for f in filenames:
+                if f.endswith(".hea") and not f.startswith("."):
+                    names.add((rel / f[:-4]).as_posix())
+    return sorted(names)
+
+
+def _follow_records(source, prefix: str, names: set[str], depth: int) -> None:
+    if is_url(source):
+        text = _cat(f"{str(source).rstrip('/')}/{prefix}RECORDS").decode("latin-1")
+    else:
+        text = (Path(source) / prefix / "RECORDS").read_text(encoding="latin-1")
+    entries = [line.strip() for line in text.splitlines() if line.strip() and not line.startswith("#")]
+    for entry in entries:
+        if entry.endswith("/"):
+            sub = f"{prefix}{entry}"
+            if depth < 4:
+                try:
+                    _follow_records(source, sub, names, depth + 1)
+                except FileNotFoundError:
+                    pass  # a folder without its own RECORDS
+            continue
+        names.add(Path(prefix + entry).as_posix())
