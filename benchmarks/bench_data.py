@@ -1,0 +1,228 @@
+"""The data path on one core: Numba preprocessing alone, and the whole loader from store to masked batch.
+
+Run: ``pytest benchmarks/bench_data.py --benchmark-only -s`` (about two minutes). All figures come from one
+run on the 500 real PTB-XL 500 Hz records of ../shared/data, repeated to 5,000 rows in two stores written
+in the converter's layout (Blosc zstd 1 bit-shuffle, one record per chunk, 512 per shard): one at 500 Hz
+and one at 250 Hz (scipy's resample_poly of the same records). Per-core rates are ECG per CPU-second of
+this process and its finished children (DataLoader workers), so other processes on a shared machine do
+not skew them; wall-clock rates are in ``ecg_s_wall``. Measured:
+- preprocessing alone (resample 500 -> 250 where needed, band-pass 0.67-40 Hz order 5 zero-phase, random
+  crop 2250, z-score, two per-lead masks at 0.75): ``crema_fast.data.preprocess`` + ``make_views`` on
+  batches of 256 in memory, pinned to one core, Numba on one thread; both filter precisions;
+- the same work per record in scipy (resample_poly + sosfiltfilt + crop + z-score + numpy argsort masks);
+- torch_ecg's preprocessing where it is installed (it is not installed here: reported as absent);
+- the whole loader (``ECGLoader``, batches of 256, fully random order) with 0 workers (one core) and 1 and
+  2 worker processes, against a scipy loader (the same reader, then the scipy pipeline per record);
+- Numba's compile time (first call in a fresh process with an empty cache) and the cache-load time,
+  separately: neither is part of any rate.
+Rows are appended to benchmarks/results/data.jsonl.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import subprocess
+import sys
+import time
+import warnings
+from contextlib import contextmanager
+from pathlib import Path
+
+import numba
+import numpy as np
+import zarr
+from scipy import signal as sps
+
+from crema_fast.data import DataConfig, ECGLoader, MaskConfig, filters, make_views
+from crema_fast.data.preprocess import preprocess
+from harness import print_table, record, summarize
+from zarr_store.reader import StoreReader
+
+DATA = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "ptbxl" / "records500"
+BATCH = 256
+ROWS = 5000
+MASK = MaskConfig()
+
+
+@contextmanager
+def cores(n: int):
+    """Pin this process (and the workers it forks) to ``n`` cores, Numba to ``n`` threads."""
+    allowed = sorted(os.sched_getaffinity(0))
+    threads = numba.get_num_threads()
+    os.sched_setaffinity(0, set(allowed[-n:]))
+    numba.set_num_threads(min(n, numba.config.NUMBA_NUM_THREADS))
+    try:
+        yield
+    finally:
+        os.sched_setaffinity(0, set(allowed))
+        numba.set_num_threads(threads)
+
+
+def _cpu() -> float:
+    import resource
+
+    child = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return time.process_time() + child.ru_utime + child.ru_stime
+
+
+def _measure(fn, n_ecg: int, repeat: int, warmup: int = 1) -> dict:
+    for _ in range(warmup):
+        fn()
+    cpu, wall = [], []
+    for _ in range(repeat):
+        c0, w0 = _cpu(), time.perf_counter()
+        fn()
+        cpu.append(n_ecg / (_cpu() - c0))
+        wall.append(n_ecg / (time.perf_counter() - w0))
+    s = summarize(cpu)
+    return {"ecg_s": s["median"], "ecg_s_min": s["min"], "ecg_s_max": s["max"], "ecg_s_iqr": s["iqr"],
+            "ecg_s_wall": summarize(wall)["median"], "runs": s["n"]}
+
+
+def _records() -> np.ndarray:
+    heads = sorted(DATA.glob("*/*_hr.hea"))
+    return np.stack([np.fromfile(h.with_suffix(".dat"), dtype="<i2").reshape(-1, 12).T for h in heads])
+
+
+def _store(path: Path, signals: np.ndarray, rate: int) -> Path:
+    """ROWS rows (the records repeated) in the converter's layout; absent columns read as all leads
+    present and the full window."""
+    from zarr.codecs import BloscCodec
+
+    group = zarr.open_group(path, mode="w", zarr_format=3)
+    T = signals.shape[-1]
+    group.attrs.update(format_version=1, rate=rate, window=T, window_s=T / rate, units="uV")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        arr = group.create_array("signals", shape=(ROWS, 12, T), dtype="int16", chunks=(1, 12, T),
+                                 shards=(512, 12, T), fill_value=0,
+                                 compressors=[BloscCodec(cname="zstd", clevel=1, shuffle="bitshuffle", typesize=2)])
+    for s in range(0, ROWS, 512):
+        e = min(ROWS, s + 512)
+        arr[s:e] = signals[np.arange(s, e) % len(signals)]
+    return path
+
+
+def scipy_pipeline(signals: np.ndarray, rate: int, cfg: DataConfig, rng: np.random.Generator) -> tuple:
+    """The same work per record with scipy and numpy (the peer of the Numba path)."""
+    sos = filters.design_sos(cfg.model_rate, cfg.highpass, cfg.lowpass, cfg.filter_order)
+    P = MASK.n_patches(cfg.crop)
+    K = MASK.n_keep(P)
+    out = []
+    masks = []
+    for x in signals:
+        v = x.astype(np.float64)
+        if rate != cfg.model_rate:
+            g = np.gcd(rate, cfg.model_rate)
+            v = sps.resample_poly(v, cfg.model_rate // g, rate // g, axis=-1)
+        v = sps.sosfiltfilt(sos, v, axis=-1)
+        s = int(rng.integers(0, v.shape[-1] - cfg.crop + 1))
+        v = v[:, s:s + cfg.crop]
+        out.append(((v - v.mean()) / (v.std() + 1e-8)).astype(np.float32))
+        for _ in range(2):
+            ids_shuffle = np.argsort(rng.random((12, P)), axis=-1)
+            ids_restore = np.argsort(ids_shuffle, axis=-1)
+            mask = np.ones((12, P), np.float32)
+            mask[:, :K] = 0
+            masks.append((ids_shuffle[:, :K], np.take_along_axis(mask, ids_restore, -1), ids_restore))
+    return np.stack(out), masks
+
+
+def _compile_times(tmp: Path) -> dict:
+    """First call (compile) and cache-load times of the kernels in fresh processes with an empty cache."""
+    code = (
+        "import time, numpy as np\n"
+        "from crema_fast.data import DataConfig, MaskConfig, make_views\n"
+        "from crema_fast.data.preprocess import preprocess\n"
+        "x = np.zeros((2, 12, 5000), np.int16); m = np.ones((2, 12), bool); v = np.full(2, 5000)\n"
+        "t0 = time.perf_counter(); preprocess(x, m, v, 500, DataConfig(), train=False)\n"
+        "make_views(0, 2, 12, 30, MaskConfig()); t1 = time.perf_counter()\n"
+        "for par in (True, False):\n"
+        "    for prec in ('float32', 'float64'):\n"
+        "        cfg = DataConfig(precision=prec)\n"
+        "        preprocess(x, m, v, 500, cfg, train=False, parallel=par)\n"
+        "        preprocess(x[..., ::2].copy(), m, v // 2, 250, cfg, train=False, parallel=par)\n"
+        "print(t1 - t0, time.perf_counter() - t0)\n")
+    env = {**os.environ, "NUMBA_CACHE_DIR": str(tmp / "numba_cache")}
+    out = {}
+    for key in ("compile", "cache_load"):
+        res = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
+        first, total = (float(v) for v in res.stdout.split()[-2:]) if res.returncode == 0 else (np.nan, np.nan)
+        out[f"{key}_default_s"], out[f"{key}_all_s"] = first, total
+    return out
+
+
+def _loader_epochs(path: Path, cfg: DataConfig, workers: int, epochs: int = 2) -> dict:
+    loader = ECGLoader(str(path), cfg, MASK, BATCH, seed=0, workers=workers, pin=False)
+    n = len(loader) * BATCH
+    return _measure(lambda: [None for _ in loader], n, repeat=epochs, warmup=1)
+
+
+def test_bench_data(benchmark, tmp_path):
+    recs = _records()
+    r250 = np.round(sps.resample_poly(recs.astype(np.float64), 1, 2, axis=-1)).astype(np.int16)
+    stores = {500: _store(tmp_path / "s500.zarr", recs, 500), 250: _store(tmp_path / "s250.zarr", r250, 250)}
+    inputs = {500: recs[:BATCH], 250: r250[:BATCH]}
+    rows: list[dict] = []
+    comp = _compile_times(tmp_path)
+    rows.append({"stage": "compile", "path": "numba: default path (float32, parallel) + masks",
+                 "compile_s": comp["compile_default_s"], "cache_load_s": comp["cache_load_default_s"]})
+    rows.append({"stage": "compile", "path": "numba: all (both precisions, parallel + serial, 500/250 Hz)",
+                 "compile_s": comp["compile_all_s"], "cache_load_s": comp["cache_load_all_s"]})
+    torch_ecg = importlib.util.find_spec("torch_ecg") is not None
+    if not torch_ecg:
+        print("torch_ecg is not installed: its preprocessing is not measured (absent)")
+    rows.append({"stage": "preprocess", "path": "torch_ecg", "status": "installed" if torch_ecg else "absent"})
+
+    with cores(1):
+        for rate, x in inputs.items():
+            lm = np.ones((BATCH, 12), bool)
+            valid = np.full(BATCH, x.shape[-1])
+            rng = np.random.default_rng(0)
+            peer = _measure(lambda: scipy_pipeline(x[:32], rate, DataConfig(), rng), 32, repeat=3)
+            rows.append({"stage": "preprocess", "path": "scipy per record", "store_hz": rate, **peer})
+            for prec in ("float64", "float32"):
+                cfg = DataConfig(precision=prec)
+
+                def numba_batch():
+                    preprocess(x, lm, valid, rate, cfg, rng=rng)
+                    make_views(rng, BATCH, 12, 30, MASK)
+
+                r = _measure(numba_batch, BATCH, repeat=7)
+                rows.append({"stage": "preprocess", "path": f"numba ({prec} state)", "store_hz": rate, **r,
+                             "x_scipy": r["ecg_s"] / peer["ecg_s"]})
+        benchmark.pedantic(lambda: preprocess(inputs[500], np.ones((BATCH, 12), bool), np.full(BATCH, 5000), 500,
+                                              DataConfig(), rng=np.random.default_rng(0)), rounds=3, iterations=1)
+
+        peers = {}
+        for rate, path in stores.items():
+
+            reader = StoreReader(str(path))
+            rng = np.random.default_rng(1)
+            batches = [rng.choice(ROWS, 64, replace=False) for _ in range(3)]
+            it = iter(range(10**6))
+
+            def scipy_loader():
+                scipy_pipeline(reader.read(batches[next(it) % 3]).signals, rate, DataConfig(), rng)
+
+            peer = _measure(scipy_loader, 64, repeat=3)
+            peers[rate] = peer["ecg_s"]
+            rows.append({"stage": "loader", "path": "reader + scipy per record", "store_hz": rate, "workers": 0,
+                         **peer})
+            for prec in ("float64", "float32"):
+                r = _loader_epochs(path, DataConfig(precision=prec), 0)
+                rows.append({"stage": "loader", "path": f"ECGLoader ({prec} state)", "store_hz": rate,
+                             "workers": 0, **r, "x_scipy": r["ecg_s"] / peer["ecg_s"]})
+    for workers in (1, 2):
+        with cores(2):
+            for rate, path in stores.items():
+                r = _loader_epochs(path, DataConfig(), workers)
+                # per core: CPU-seconds of the main process and the workers together (each epoch forks
+                # its workers, and each batch crosses processes through shared memory)
+                rows.append({"stage": "loader", "path": "ECGLoader (float32 state)", "store_hz": rate,
+                             "workers": workers, **r, "x_scipy": r["ecg_s"] / peers[rate]})
+    print_table("data path, ECG/s per core (CPU-second)", rows,
+                ["stage", "path", "store_hz", "workers", "ecg_s", "ecg_s_min", "ecg_s_max", "ecg_s_wall", "x_scipy",
+                 "compile_s", "cache_load_s", "status"])
+    record("data", rows)
