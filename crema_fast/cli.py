@@ -47,6 +47,10 @@ def main(argv: list[str] | None = None) -> int:
     except (CremaError, StoreError, FileNotFoundError, NotADirectoryError, FileExistsError) as exc:
         print(f"crema-fast {args.command}: error: {exc}", file=sys.stderr)
         return 2
+    except BrokenPipeError:
+        # `crema-fast info STORE | head`: the reader went away; not an error of ours.
+        sys.stderr.close()
+        return 0
     except KeyboardInterrupt:
         print(f"crema-fast {args.command}: interrupted; what was written is kept", file=sys.stderr)
         return 130

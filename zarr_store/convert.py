@@ -14,9 +14,12 @@ How a conversion runs (each step restartable):
    its rows are known, while the samples inspection read are still in memory (each file read once).
    With workers > 1 (local processes) or ``dask`` (a cluster), inspection runs in parallel first, then
    the shard tasks, in any order; no two tasks share a file, so no locks.
-4. Metadata arrays grow to the new row count and get their rows (idempotent); provenance is appended
-   to the group's ``conversions`` attribute; the report (``STORE/_convert/quarantine.json``, named by
-   the ``quarantine`` attribute) is updated; markers are removed.
+4. Metadata arrays are made with their rows (a first conversion: their files written directly, the
+   bytes zarr writes) or grow to the new row count and get their rows (through zarr), idempotent;
+   then ``signals`` grows (its shape is the store's row count); provenance is appended to the
+   group's ``conversions`` attribute; the report (``STORE/_convert/quarantine.json``, named by the
+   ``quarantine`` attribute) is updated; markers are removed. zarr.json files are written from
+   zarr's own templates (tests compare them with zarr's), without zarr's per-node machinery.
 Sources and ``out`` may be local paths or fsspec URLs (memory:// is tested; local worker processes
 cannot see this process's memory://, so such runs stay in-process).
 Appending a second archive starts at the current row count; the shard that holds both old and new rows
@@ -28,6 +31,7 @@ from __future__ import annotations
 
 import asyncio
 import bisect
+import functools
 import hashlib
 import json
 import math
@@ -35,7 +39,7 @@ import os
 import time
 import warnings
 from collections import Counter
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -44,7 +48,7 @@ from zarr_store import wfdb_io
 from zarr_store.errors import BadArgumentError
 from zarr_store.records import BadRecord, PlannedRecord, inspect_record, release_cache
 from zarr_store.runner import Runner
-from zarr_store.shard_writer import CODECS, ChunkCodec, StoreIO
+from zarr_store.shard_writer import CODECS, ChunkCodec, StoreIO, meta_array_files
 from zarr_store.tasks import ShardTask, run_shard_task
 
 FORMAT_VERSION = 1
@@ -156,12 +160,12 @@ def convert(sources, out, *, rate: int = 500, window_s: float = 10.0, workers: i
     url = _check_out(out)
     io = StoreIO(url)
     batches, tables, n_records = _discover(roots, opts)  # before creating anything: may raise
-    group = _open_or_create(url, opts)
+    attrs, rows = _open_or_create(url, opts, io)
     fingerprint = _fingerprint(roots, opts)
-    for conv in group.attrs.get("conversions", []):
+    for conv in attrs.get("conversions", []):
         if conv.get("fingerprint") == fingerprint:
             _cleanup(io, conv["id"])  # a run killed after its provenance was written left these
-            summary = _summary_of_store(io, group, ConvertSummary(url, report=_report_path(url)))
+            summary = _summary_of_store(io, rows, opts, ConvertSummary(url, report=_report_path(url)))
             summary.note = "these sources were already converted into this store with these parameters"
             summary.seconds = time.perf_counter() - t0
             return summary
@@ -173,7 +177,7 @@ def convert(sources, out, *, rate: int = 500, window_s: float = 10.0, workers: i
         raise BadArgumentError(f"{url} has an unfinished conversion of {pending['sources']}; "
                                "run that conversion again to finish it first")
     if pending is None:
-        start = int(group["signals"].shape[0])
+        start = rows
         conv_id = f"{fingerprint[:16]}-{start}"
         _write_json(io, PENDING_KEY, {"fingerprint": fingerprint, "id": conv_id, "start": start,
                                       "sources": [str(r) for r in roots]})
@@ -195,7 +199,7 @@ def convert(sources, out, *, rate: int = 500, window_s: float = 10.0, workers: i
             else:
                 _run_parallel(plan, batches, done, bar, runner)
         results = plan.results
-        _write_metadata(group, plan.records, np.array(plan.first_rows + [plan.next_row], dtype=np.int64),
+        _write_metadata(io, plan.records, np.array(plan.first_rows + [plan.next_row], dtype=np.int64),
                         roots, opts)
     end, bad = plan.next_row, plan.bad
     summary = ConvertSummary(url, report=_report_path(url))
@@ -209,8 +213,8 @@ def convert(sources, out, *, rate: int = 500, window_s: float = 10.0, workers: i
     summary.invalid_samples = sum(r["invalid"] for r in results)
     summary.shards_written, summary.shards_resumed = plan.written, plan.resumed
     summary.seconds = time.perf_counter() - t0
-    _finish(io, group, conv_id, fingerprint, roots, opts, summary, bad, start, end)
-    return _summary_of_store(io, group, summary)
+    _finish(io, conv_id, fingerprint, roots, opts, summary, bad, start, end)
+    return _summary_of_store(io, plan.next_row, opts, summary)
 
 
 def _check_sources(sources) -> list:
@@ -253,56 +257,95 @@ def _check_out(out) -> str:
     return str(p.resolve())
 
 
-def _open_or_create(url: str, opts: ConvertOptions):
+def _open_or_create(url: str, opts: ConvertOptions, io: StoreIO) -> tuple[dict, int]:
+    """The store's group attributes and row count; a new store is created (its zarr.json files
+    written directly, as zarr writes them: zarr's machinery cost ~6 ms per conversion)."""
     import zarr
 
+    if not io.exists("zarr.json"):  # a new store: the group first (a store from then on), then the rest
+        attrs = {"format_version": FORMAT_VERSION, "rate": opts.rate, "window": opts.window,
+                 "window_s": opts.window_s, "leads": list(wfdb_io.LEADS), "units": "uV", "codec": opts.codec,
+                 "conversions": []}
+        _write_node(io, "", _template("group"), attributes=attrs)
+    else:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # numcodecs.delta is outside the v3 spec: said in the docs
+            group = zarr.open_group(url, mode="r+")
+        attrs = dict(group.attrs)
+        if attrs.get("format_version") is None:
+            raise BadArgumentError(f"out {url}: a Zarr group that is not a crema-fast store")
+    if attrs["format_version"] != FORMAT_VERSION:
+        raise BadArgumentError(f"out {url}: store format {attrs['format_version']}, expected {FORMAT_VERSION}")
+    if attrs["rate"] != opts.rate or attrs["window"] != opts.window:
+        raise BadArgumentError(f"out {url}: store holds {attrs['rate']} Hz x {attrs['window']} samples, "
+                               f"got rate={opts.rate} window={opts.window}")
+    if not io.exists(f"{META}/zarr.json"):
+        # A group of its own, so that zarr's listing of the store does not warn about our files.
+        _write_node(io, META, _template("group"),
+                    attributes={"about": "conversion plans, shard markers, quarantine.json"})
+    signals = _read_json(io, "signals/zarr.json")
+    if signals is None:
+        template = _template("signals", opts.codec, opts.window, opts.shard_size)
+        _write_node(io, "signals", template, shape=[0, 12, opts.window])
+        return attrs, 0
+    shard_rows = signals["chunk_grid"]["configuration"]["chunk_shape"][0]
+    if attrs.get("codec") != opts.codec or shard_rows != opts.shard_size:
+        raise BadArgumentError(f"out {url}: store uses codec {attrs.get('codec')} and shards of "
+                               f"{shard_rows}, got codec={opts.codec} shard_size={opts.shard_size}")
+    # The metadata arrays are created by _write_metadata, with their final shape: creating them
+    # empty here and resizing them there cost ~30 ms per conversion (zarr writes each zarr.json).
+    return attrs, int(signals["shape"][0])
+
+
+@functools.lru_cache(maxsize=None)
+def _template(kind: str, *key) -> dict:
+    """zarr's own zarr.json of a node (made once per process in memory): "group", "signals" (codec,
+    window, shard_size) or a metadata array's name. Its content is zarr's; only its shape and
+    attributes are set here, so the files are those zarr writes (tested)."""
+    import zarr
+    from zarr.storage import MemoryStore
+
+    files: dict = {}
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # numcodecs.delta is outside the v3 spec: said in the docs
-        try:
-            group = zarr.open_group(url, mode="r+")
-        except FileNotFoundError:
-            group = None
-        if group is not None and group.attrs.get("format_version") is None:
-            raise BadArgumentError(f"out {url}: a Zarr group that is not a crema-fast store")
-        if group is None:
-            group = zarr.open_group(url, mode="w", attributes={
-                "format_version": FORMAT_VERSION, "rate": opts.rate, "window": opts.window,
-                "window_s": opts.window_s, "leads": list(wfdb_io.LEADS), "units": "uV", "codec": opts.codec,
-                "conversions": []})
-        attrs = group.attrs
-        if attrs["format_version"] != FORMAT_VERSION:
-            raise BadArgumentError(f"out {url}: store format {attrs['format_version']}, expected {FORMAT_VERSION}")
-        if attrs["rate"] != opts.rate or attrs["window"] != opts.window:
-            raise BadArgumentError(f"out {url}: store holds {attrs['rate']} Hz x {attrs['window']} samples, "
-                                   f"got rate={opts.rate} window={opts.window}")
-        if not (StoreIO(url).exists(f"{META}/zarr.json")):
-            # A group of its own, so that zarr's listing of the store does not warn about our files.
-            group.create_group(META, attributes={"about": "conversion plans, shard markers, quarantine.json"})
-        names = set(group.array_keys())
-        specs = {}
-        if "signals" not in names:
-            filters, compressors = ChunkCodec(opts.codec, blocksize=12 * opts.window * 2).zarr_codecs()
-            specs["signals"] = dict(shape=(0, 12, opts.window), dtype="int16", chunks=(1, 12, opts.window),
-                                    shards=(opts.shard_size, 12, opts.window), filters=filters,
-                                    compressors=compressors, fill_value=0, dimension_names=("row", "lead", "time"))
-        elif group.attrs.get("codec") != opts.codec or _shard_rows(group) != opts.shard_size:
-            raise BadArgumentError(f"out {url}: store uses codec {group.attrs.get('codec')} and shards of "
-                                   f"{_shard_rows(group)}, got codec={opts.codec} shard_size={opts.shard_size}")
-        if "lead_mask" not in names:
-            specs["lead_mask"] = dict(shape=(0, 12), dtype="bool", chunks=(META_CHUNK, 12),
-                                      shards=(META_SHARD, 12), fill_value=False, dimension_names=("row", "lead"))
-        for name, (dtype, fill) in META_ARRAYS.items():
-            if name not in names:
-                specs[name] = dict(shape=(0,), dtype=dtype, chunks=(META_CHUNK,), shards=(META_SHARD,),
-                                   fill_value=fill, dimension_names=("row",))
-        _on_zarr_loop([lambda name=name, kw=kw: group._async_group.create_array(name, **kw)
-                       for name, kw in specs.items()],
-                      [lambda name=name, kw=kw: group.create_array(name, **kw) for name, kw in specs.items()])
-    return group
+        if kind == "group":
+            zarr.open_group(MemoryStore(files), mode="w")
+            return json.loads(files["zarr.json"].to_bytes())
+        if kind == "signals":
+            codec, window, shard_size = key
+            filters, compressors = ChunkCodec(codec, blocksize=12 * window * 2).zarr_codecs()
+            spec = dict(shape=(0, 12, window), dtype="int16", chunks=(1, 12, window),
+                        shards=(shard_size, 12, window), filters=filters, compressors=compressors,
+                        fill_value=0, dimension_names=("row", "lead", "time"))
+        else:
+            spec = _meta_spec(kind, 0)
+        zarr.create_array(MemoryStore(files), name="a", **spec)
+    return json.loads(files["a/zarr.json"].to_bytes())
 
 
-def _shard_rows(group) -> int:
-    return int(group["signals"].shards[0])
+def _write_node(io: StoreIO, path: str, template: dict, **changes) -> None:
+    """Write ``path``/zarr.json: ``template`` with ``changes``, serialized as zarr does."""
+    import zarr
+
+    meta = dict(template, **changes)
+    key = f"{path}/zarr.json" if path else "zarr.json"
+    io.write(key, json.dumps(meta, allow_nan=True, indent=zarr.config.get("json_indent")).encode())
+
+
+def _direct_files(name: str, values: np.ndarray):
+    import zarr
+
+    return meta_array_files(_template(name), values, zarr.config.get("json_indent"))
+
+
+def _meta_spec(name: str, rows: int) -> dict:
+    """zarr.create_array arguments of metadata array ``name`` holding ``rows`` rows."""
+    if name == "lead_mask":
+        return dict(shape=(rows, 12), dtype="bool", chunks=(META_CHUNK, 12), shards=(META_SHARD, 12),
+                    fill_value=False, dimension_names=("row", "lead"))
+    dtype, fill = META_ARRAYS[name]
+    return dict(shape=(rows,), dtype=dtype, chunks=(META_CHUNK,), shards=(META_SHARD,), fill_value=fill,
+                dimension_names=("row",))
 
 
 def _fingerprint(roots: list[Path], opts: ConvertOptions) -> str:
@@ -352,7 +395,7 @@ class _Plan:
         table = self.tables[r.source]
         row = table.lookup(r.path) if table is not None else None
         if row is not None:  # PTB-XL's table wins over header comments
-            r = replace(r, labels=row.labels, strat_fold=row.strat_fold, age=row.age, sex=row.sex)
+            r = r.with_meta(row.age, row.sex, row.labels, row.strat_fold)
         self.records.append(r)
         self.first_rows.append(self.next_row)
         self.next_row += r.n_windows
@@ -435,7 +478,7 @@ def _run_parallel(plan: _Plan, batches, done: dict, bar, runner: Runner) -> None
         bar.update(ending[result["shard"]])
 
 
-def _write_metadata(group, plan: list[PlannedRecord], first_rows: np.ndarray, roots, opts) -> None:
+def _write_metadata(io: StoreIO, plan: list[PlannedRecord], first_rows: np.ndarray, roots, opts) -> None:
     start, end = int(first_rows[0]), int(first_rows[-1])
     counts = np.array([p.n_windows for p in plan], dtype=np.int64)
     rec_of_row = np.repeat(np.arange(len(plan)), counts)
@@ -454,27 +497,73 @@ def _write_metadata(group, plan: list[PlannedRecord], first_rows: np.ndarray, ro
     }
     cols["lead_mask"] = np.array([[i >= 0 for i in p.lead_idx] for p in plan], dtype=bool).reshape(-1, 12)[rec_of_row]
     cols = {k: v.astype(str) if v.dtype == object else v for k, v in cols.items()}
-    writes = [(group["signals"], (end, 12, opts.window), None)]
-    writes += [(group[name], (end, *values.shape[1:]), values) for name, values in cols.items()]
-    async def one(arr, shape, values):
-        await arr.resize(shape)
-        if values is not None and end > start:
+    # A metadata array missing here is created with its final shape (a first conversion, or a re-run
+    # of one killed before this step): its files written directly (shard_writer.meta_array_files, the
+    # bytes zarr writes), zarr.json last. An existing one (append, re-run) is resized through zarr.
+    # Both idempotent.
+    exists = {name: io.exists(f"{name}/zarr.json") for name in cols}
+    if start == 0:
+        for name, values in list(cols.items()):
+            if not exists[name]:
+                files = _direct_files(name, values)
+                if files is not None:
+                    for key, parts in files:
+                        io.write(f"{name}/{key}", parts)
+                    del cols[name]
+    if cols:  # appending (or zarr refused the direct path): zarr writes these
+        _write_with_zarr(io.url, cols, exists, start, end)
+    # Last: a store's row count is the shape of signals.
+    _grow(io, "signals", (end, 12, opts.window))
+
+
+def _write_with_zarr(url: str, cols: dict, exists: dict, start: int, end: int) -> None:
+    """Rows [start, end) of metadata arrays through zarr: existing ones resized, missing ones made."""
+    import zarr
+
+    group = zarr.open_group(url, mode="r+")
+    async_group = getattr(group, "_async_group", None)
+
+    async def one(name, values):
+        shape = (end, *values.shape[1:])
+        if exists[name]:
+            arr = await async_group.getitem(name)
+            await arr.resize(shape)
+        else:
+            arr = await async_group.create_array(name, **_meta_spec(name, end))
+        if end > start:
             await arr.setitem(slice(start, end), values)
 
-    def one_sync(arr, shape, values):
-        arr.resize(shape)
-        if values is not None and end > start:
+    def one_sync(name, values):
+        if exists[name]:
+            arr = group[name]
+            arr.resize((end, *values.shape[1:]))
+        else:
+            arr = group.create_array(name, **_meta_spec(name, end))
+        if end > start:
             arr[start:end] = values
 
-    _on_zarr_loop([lambda w=w: one(w[0]._async_array, *w[1:]) for w in writes],
-                  [lambda w=w: one_sync(*w) for w in writes])
+    _on_zarr_loop([lambda name=name, v=v: one(name, v) for name, v in cols.items()]
+                  if async_group is not None else None,
+                  [lambda name=name, v=v: one_sync(name, v) for name, v in cols.items()])
+
+
+def _grow(io: StoreIO, name: str, shape: tuple[int, ...]) -> None:
+    """Set the shape of array ``name`` to ``shape`` (not smaller than its shape) in its zarr.json, as
+    zarr's resize does when an array grows (it only rewrites zarr.json then), without its ~2 ms."""
+    meta = json.loads(io.read(f"{name}/zarr.json"))
+    if len(shape) != len(meta["shape"]) or any(a < b for a, b in zip(shape, meta["shape"])):
+        raise ValueError(f"shape: expected at least {meta['shape']} for {name}, got {list(shape)}")
+    _write_node(io, name, meta, shape=list(shape))
 
 
 def _on_zarr_loop(coroutines, fallbacks) -> None:
     """Run zarr operations concurrently on zarr's own event loop (about half the time of one after
-    the other: each waits on a file write); the sequential public API if zarr moved its helper."""
+    the other: each waits on a file write); the sequential public API if zarr moved its helpers
+    (``coroutines`` None)."""
     try:
         from zarr.core.sync import sync
+        if coroutines is None:
+            raise ImportError("zarr's async internals moved")
     except ImportError:
         for f in fallbacks:
             f()
@@ -485,9 +574,15 @@ def _on_zarr_loop(coroutines, fallbacks) -> None:
 
     sync(gather())
 
-def _finish(io: StoreIO, group, conv_id, fingerprint, roots, opts, summary, bad, start, end) -> None:
+@functools.lru_cache(maxsize=1)
+def _versions() -> dict[str, str]:
+    """Versions of the packages that shape the store (importlib.metadata costs ~3 ms: looked up once)."""
     from importlib.metadata import version
 
+    return {name: version(name) for name in ("zarr", "numcodecs", "wfdb", "numpy", "scipy")}
+
+
+def _finish(io: StoreIO, conv_id, fingerprint, roots, opts, summary, bad, start, end) -> None:
     report = _read_json(io, REPORT_KEY) or {"records": []}
     # idempotent: a run killed after writing the report and re-run must not list its records twice
     report["records"] = [r for r in report["records"] if r.get("conversion") != conv_id]
@@ -502,10 +597,13 @@ def _finish(io: StoreIO, group, conv_id, fingerprint, roots, opts, summary, bad,
         "leads_present": summary.leads_present, "dropped_signals": summary.dropped_signals,
         "clipped_samples": summary.clipped_samples, "invalid_samples": summary.invalid_samples,
         "seconds": round(summary.seconds, 3), "shards_resumed": summary.shards_resumed,
-        "versions": {name: version(name) for name in ("zarr", "numcodecs", "wfdb", "numpy", "scipy")},
+        "versions": _versions(),
     }
-    group.attrs["conversions"] = list(group.attrs.get("conversions", [])) + [provenance]
-    group.attrs["quarantine"] = REPORT_KEY
+    # one update, one write of the group's zarr.json (zarr's attrs.update writes the same bytes)
+    group = _read_json(io, "zarr.json")
+    attrs = group["attributes"]
+    attrs.update({"conversions": list(attrs.get("conversions", [])) + [provenance], "quarantine": REPORT_KEY})
+    _write_node(io, "", group)
     _cleanup(io, conv_id)
 
 
@@ -516,12 +614,11 @@ def _cleanup(io: StoreIO, conv_id: str) -> None:
     io.remove_tree(f"{META}/{conv_id}")
 
 
-def _summary_of_store(io: StoreIO, group, summary: ConvertSummary) -> ConvertSummary:
-    n = int(group["signals"].shape[0])
+def _summary_of_store(io: StoreIO, n: int, opts: ConvertOptions, summary: ConvertSummary) -> ConvertSummary:
     summary.rows_total = n
     summary.bytes_on_disk = io.size()
     summary.signal_bytes = io.size("signals")
-    summary.raw_bytes = n * 12 * int(group.attrs["window"]) * 2
+    summary.raw_bytes = n * 12 * opts.window * 2
     summary.compression_ratio = summary.raw_bytes / summary.signal_bytes if summary.signal_bytes else 0.0
     return summary
 

@@ -109,15 +109,12 @@ def _bad(what: str) -> RecordError:
 
 def parse_header(text: str) -> Header:
     """Parse the text of a ``.hea`` file; raises RecordError("malformed header: ...")."""
-    lines, comments = [], []
-    for raw in text.splitlines():
-        line = raw.strip()
-        if not line:
-            continue
-        if line.startswith("#"):
-            comments.append(line[1:].strip())
-        else:
-            lines.append(line)
+    stripped = [raw.strip() for raw in text.splitlines()]
+    if "#" in text:
+        lines = [line for line in stripped if line and not line.startswith("#")]
+        comments = [line[1:].strip() for line in stripped if line.startswith("#")]
+    else:  # most headers (PTB-XL): one pass less
+        lines, comments = [line for line in stripped if line], []
     if not lines:
         raise _bad("no record line")
     rec = lines[0].split()
@@ -129,7 +126,9 @@ def parse_header(text: str) -> Header:
         n_seg = _int(seg, "segment count")
     n_sig = _int(rec[1], "signal count")
     fs, counter = 250.0, None
-    if len(rec) > 2:
+    if len(rec) > 2 and rec[2].isdigit():  # "500": most headers
+        fs = float(rec[2])
+    elif len(rec) > 2:
         m = _FS_RE.match(rec[2])
         if not m:
             raise _bad(f"sampling frequency {rec[2]!r}")
@@ -208,13 +207,30 @@ def read_header(path: str | os.PathLike) -> Header:
         if is_url(path):
             text = _cat(str(path)).decode("latin-1")
         else:
-            with open(path, "rb", buffering=0) as fh:  # unbuffered: one copy, not two
-                text = fh.read().decode("latin-1")
+            text = _read_small(path).decode("latin-1")
     except FileNotFoundError:
         raise RecordError(f"missing header: {os.path.basename(path)}") from None
     except OSError as exc:
         raise RecordError(f"unreadable header: {exc.strerror or exc}") from None
     return parse_header(text)
+
+
+def _read_small(path) -> bytes:
+    """A whole local file through os.open / os.read: ~4 µs less than open().read() (no file object),
+    which counts once per record."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        parts = []
+        while True:
+            part = os.read(fd, 1 << 16)
+            if not part:
+                break
+            parts.append(part)
+            if len(part) < 1 << 16:
+                break  # a short read: the end of the file (a header is a regular file)
+    finally:
+        os.close(fd)
+    return parts[0] if len(parts) == 1 else b"".join(parts)
 
 
 def signal_groups(header: Header) -> dict[str, list[int]]:
@@ -472,14 +488,21 @@ def find_ptbxl_table(source, levels: int = 2) -> PtbxlTable | None:
 
 def _load_ptbxl(text: str, root: str) -> PtbxlTable:
     table = PtbxlTable(root)
-    for row in csv.DictReader(io.StringIO(text, newline="")):
-        codes = (row.get("scp_codes", "") or "").strip()  # the dict literal, as PTB-XL writes it
-        fold = row.get("strat_fold", "") or "0"
-        entry = PtbxlRow(codes, int(float(fold)) if fold.strip() else 0,
-                         _age(row.get("age", "") or "nan"), _ptbxl_sex(row.get("sex", "")))
-        for key in ("filename_hr", "filename_lr"):
-            if row.get(key):
-                table.rows[row[key].strip()] = entry
+    # csv.reader and column positions, not DictReader: a dict per row of 28 columns costs 2x.
+    rows = csv.reader(io.StringIO(text, newline=""))
+    columns = {name: i for i, name in enumerate(next(rows, []))}  # a repeated name: the last one, as DictReader
+    get = [columns.get(k) for k in ("scp_codes", "strat_fold", "age", "sex", "filename_hr", "filename_lr")]
+
+    for row in rows:
+        if not row:
+            continue  # DictReader skips empty lines too
+        codes, fold, age, sex, hr, lr = [row[i] if i is not None and i < len(row) else "" for i in get]
+        codes = codes.strip()  # the dict literal, as PTB-XL writes it
+        fold = fold or "0"
+        entry = PtbxlRow(codes, int(float(fold)) if fold.strip() else 0, _age(age or "nan"), _ptbxl_sex(sex))
+        for name in (hr, lr):
+            if name:
+                table.rows[name.strip()] = entry
     return table
 
 
@@ -512,12 +535,15 @@ def discover_records(source: Path) -> list[str]:
     if (source / "RECORDS").is_file():
         _follow_records(source, "", names, depth=0)
     else:
-        for dirpath, dirnames, filenames in os.walk(source):
+        top = str(source)
+        for dirpath, dirnames, filenames in os.walk(top):
             dirnames.sort()
-            rel = Path(dirpath).relative_to(source)
+            # strings, not pathlib: this runs once per file
+            rel = os.path.relpath(dirpath, top).replace(os.sep, "/")
+            prefix = "" if rel == "." else rel + "/"
             for f in filenames:
                 if f.endswith(".hea") and not f.startswith("."):
-                    names.add((rel / f[:-4]).as_posix())
+                    names.add(prefix + f[:-4])
     return sorted(names)
 
 
