@@ -1,0 +1,154 @@
+"""Checkpoints: explicit dictionaries, written atomically, the last few kept.
+
+A checkpoint is one ``torch.save``d dict (format 1)::
+
+    {"format": 1, "step": int,                # optimizer steps done
+     "model": state_dict,                     # the unwrapped model (no DDP "module." / compile prefixes)
+     "optimizer": ..., "scheduler": ...,      # AdamW and LambdaLR state
+     "loader": [state per rank],              # ECGLoader.state_dict() of every rank, rank order
+     "rng": [{"python", "numpy", "torch", "cuda"} per rank],
+     "config": RunConfig.to_dict(), "versions": {...}, "metrics": {...last logged row...}}
+
+Files are ``<run>/checkpoints/step_0000200.pt``; writing goes to a temporary file in the same folder,
+then ``os.replace`` (atomic on POSIX), so a killed run never leaves a half-written checkpoint under a
+checkpoint's name. Loading checks the architecture fields of the saved config against the model's and
+names every mismatch (``CremaError``).
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import random
+import re
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from crema_fast.errors import CremaError
+from crema_fast.train.config import RunConfig, arch_mismatch
+
+FORMAT = 1
+_NAME = re.compile(r"^step_(\d+)\.pt$")
+
+
+def versions() -> dict[str, str]:
+    """Library versions a checkpoint was written with (informative; not checked on load)."""
+    import crema_fast
+
+    return {"crema_fast": crema_fast.__version__, "torch": torch.__version__, "numpy": np.__version__,
+            "python": platform.python_version()}
+
+
+def unwrap(model: torch.nn.Module) -> torch.nn.Module:
+    """The plain model under DDP (``.module``) and torch.compile (``._orig_mod``) wrappers."""
+    while True:
+        if isinstance(model, torch.nn.parallel.DistributedDataParallel):
+            model = model.module
+        elif hasattr(model, "_orig_mod"):
+            model = model._orig_mod
+        else:
+            return model
+
+
+def rng_state() -> dict:
+    """This process's RNG states: Python, NumPy's legacy global, torch CPU, and CUDA (all devices)."""
+    return {
+        "python": random.getstate(),
+        "numpy": np.random.get_state(),
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+    }
+
+
+def set_rng_state(state: dict) -> None:
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    torch.set_rng_state(state["torch"])
+    if state.get("cuda") and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def checkpoint_dir(run_dir: str | Path) -> Path:
+    return Path(run_dir) / "checkpoints"
+
+
+def list_checkpoints(run_dir: str | Path) -> list[Path]:
+    """A run's checkpoints, oldest first (by step)."""
+    d = checkpoint_dir(run_dir)
+    if not d.is_dir():
+        return []
+    found = [(int(m.group(1)), p) for p in d.iterdir() if (m := _NAME.match(p.name))]
+    return [p for _, p in sorted(found)]
+
+
+def latest_checkpoint(run_dir: str | Path) -> Path | None:
+    found = list_checkpoints(run_dir)
+    return found[-1] if found else None
+
+
+def save_checkpoint(run_dir: str | Path, state: dict, *, keep_last: int = 3) -> Path:
+    """Write ``state`` (with "step") as ``step_NNNNNNN.pt`` atomically and delete all but the last
+    ``keep_last`` checkpoints. ``state`` must already hold everything listed in the module docstring."""
+    missing = {"step", "model", "optimizer", "scheduler", "config"} - set(state)
+    if missing:
+        raise ValueError(f"save_checkpoint: state lacks {sorted(missing)}")
+    d = checkpoint_dir(run_dir)
+    d.mkdir(parents=True, exist_ok=True)
+    path = d / f"step_{int(state['step']):07d}.pt"
+    tmp = d / f".{path.name}.tmp-{os.getpid()}"
+    try:
+        torch.save({"format": FORMAT, "versions": versions(), **state}, tmp)
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+    for old in list_checkpoints(run_dir)[:-keep_last]:
+        old.unlink(missing_ok=True)
+    return path
+
+
+def read_checkpoint(path: str | Path) -> dict:
+    """Load a checkpoint dict (a file, or a run folder: its latest checkpoint) onto the CPU."""
+    path = Path(path)
+    if path.is_dir():
+        found = latest_checkpoint(path)
+        if found is None:
+            raise CremaError(f"no checkpoint in {checkpoint_dir(path)} (expected step_NNNNNNN.pt files)")
+        path = found
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint not found: {path}")
+    try:
+        # weights_only=False: the dict holds numpy RNG state and plain Python objects we wrote ourselves.
+        ckpt = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as exc:  # a truncated or foreign file: say which
+        raise CremaError(f"cannot read checkpoint {path}: {exc}") from None
+    if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
+        raise CremaError(f"{path}: not a crema-fast checkpoint of format {FORMAT}")
+    ckpt["path"] = str(path)
+    return ckpt
+
+
+def load_model_state(model: torch.nn.Module, ckpt: dict, cfg: RunConfig | None = None) -> None:
+    """Load the checkpoint's weights into ``model`` (wrapped or not) after checking that the saved
+    architecture matches ``cfg.model`` (when given) and that every tensor's name and shape agree.
+    Raises ``CremaError`` naming each mismatch."""
+    saved = RunConfig.from_dict(ckpt["config"])
+    where = ckpt.get("path", "checkpoint")
+    if cfg is not None:
+        diff = arch_mismatch(saved.model, cfg.model)
+        if diff:
+            raise CremaError(f"{where} was written for another architecture (checkpoint vs this run): "
+                             + "; ".join(diff))
+    target = unwrap(model)
+    own = target.state_dict()
+    state = ckpt["model"]
+    problems = [f"{k}: shape {tuple(state[k].shape)} vs {tuple(v.shape)}" for k, v in own.items()
+                if k in state and tuple(state[k].shape) != tuple(v.shape)]
+    problems += [f"missing {k}" for k in own if k not in state]
+    problems += [f"unexpected {k}" for k in state if k not in own]
+    if problems:
+        shown = "; ".join(problems[:8]) + (f"; and {len(problems) - 8} more" if len(problems) > 8 else "")
+        raise CremaError(f"{where} does not fit this model: {shown}")
+    target.load_state_dict(state)

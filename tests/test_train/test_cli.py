@@ -1,0 +1,99 @@
+"""``crema-fast pretrain``: the dry run's parameter counts, a short run's summary, resume, data resolution."""
+
+import json
+from pathlib import Path
+
+import pytest
+
+from crema_fast.cli import main
+from crema_fast.train.cli import param_counts, resolve_store
+from crema_fast.train.config import build_config
+from crema_fast.train.engine import build_model
+
+
+def _counts(text: str) -> dict[str, int]:
+    out = {}
+    for line in text.splitlines():
+        parts = line.split()
+        if len(parts) == 2 and parts[0] in ("encoder", "decoder", "head", "total"):
+            out[parts[0]] = int(parts[1].replace(",", ""))
+    return out
+
+
+@pytest.mark.parametrize("preset", ["tiny", "base"])
+def test_dry_run_prints_parameter_counts(preset, capsys):
+    assert main(["pretrain", "--dry-run", "--preset", preset]) == 0
+    out = capsys.readouterr().out
+    counts = _counts(out)
+    model = build_model(build_config(preset))
+    c = model.model_cfg
+    assert counts["total"] == model.num_params() == counts["encoder"] + counts["decoder"] + counts["head"]
+    # The projection head by hand: Linear(D, D) + Linear(D, proj_dim), with biases.
+    assert counts["head"] == c.dim * c.dim + c.dim + c.dim * c.proj_dim + c.proj_dim
+    # The decoder by hand: embed D->Dd, mask token, lead embeddings, blocks, norm, prediction Dd->S.
+    dd, h = c.dec_dim, c.dec_mlp_hidden
+    block = 2 * 2 * dd + (3 * dd * dd + 3 * dd) + (dd * dd + dd) + (dd * h + h) + (h * dd + dd)
+    dec = (c.dim * dd + dd) + dd + c.n_leads * dd + c.dec_depth * block + 2 * dd + (dd * c.patch + c.patch)
+    assert counts["decoder"] == dec
+    assert json.loads(out[: out.index("parameters:")])["model"] == c.to_dict()
+    if preset == "base":
+        assert 80e6 < counts["encoder"] < 90e6  # a ViT-B sized encoder
+
+
+def test_short_run_prints_a_summary_and_resumes(demo_store, tmp_path, capsys):
+    run = tmp_path / "run"
+    args = ["pretrain", "--data", demo_store, "--steps", "4", "--out", str(run), "--no-progress",
+            "--set", "train.batch_size=6", "train.log_every=2", "train.ckpt_every=2"]
+    assert main(args) == 0
+    out = capsys.readouterr().out
+    assert "steps       4 (this run: 0 -> 4" in out
+    assert str(run / "checkpoints" / "step_0000004.pt") in out
+    for name in ("loss.png", "reconstruction.png", "metrics.jsonl"):
+        assert (run / name).is_file() and str(run / name) in out
+    assert json.loads((run / "summary.json").read_text())["steps"] == 4 and (run / "config.json").is_file()
+    # The same folder again is refused; --resume continues it with a longer schedule.
+    assert main(args) == 2
+    assert "already holds a run" in capsys.readouterr().err
+    assert main(["pretrain", "--resume", str(run), "--steps", "6", "--no-progress"]) == 0
+    out = capsys.readouterr().out
+    assert "steps       6 (this run: 4 -> 6" in out
+    steps = [json.loads(r)["step"] for r in (run / "metrics.jsonl").read_text().splitlines()]
+    assert steps == [2, 4, 6]
+    assert main(["pretrain", "--resume", str(run), "--no-progress"]) == 2  # nothing left to do: said so
+    assert "already at step 6" in capsys.readouterr().err
+
+
+def test_resolve_store_converts_once_and_accepts_stores(tmp_path, demo_store):
+    assert resolve_store(demo_store, tmp_path) == (demo_store, "store")
+    store, how = resolve_store("", tmp_path)  # the shipped demo records
+    assert how == "converted" and Path(store).parent == tmp_path / "stores"
+    assert resolve_store("", tmp_path) == (store, "cached")
+    from zarr_store.reader import StoreReader
+
+    assert len(StoreReader(store)) == 15
+    with pytest.raises(FileNotFoundError):
+        resolve_store(str(tmp_path / "nope"), tmp_path)
+
+
+def test_config_errors_are_one_line(capsys):
+    assert main(["pretrain", "--dry-run", "--set", "optim.lr=-1"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("crema-fast pretrain: error: optim.lr") and err.count("\n") == 1
+
+
+def test_param_counts_cover_every_parameter():
+    model = build_model(build_config("tiny"))
+    assert param_counts(model)["total"] == sum(p.numel() for p in model.parameters())
+
+
+def test_config_file_and_flags_precedence(tmp_path, capsys):
+    """The file's preset beats the --data default (tiny); --steps beats the file; --set beats both."""
+    f = tmp_path / "run.toml"
+    f.write_text('preset = "small"\n[train]\nsteps = 5\nbatch_size = 64\n')
+    argv = ["pretrain", "--dry-run", "--config", str(f), "--data", str(tmp_path), "--steps", "7",
+            "--set", "train.batch_size=32"]
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    cfg = json.loads(out[: out.index("parameters:")])
+    assert cfg["model"]["dim"] == 384 and cfg["train"]["steps"] == 7 and cfg["train"]["batch_size"] == 32
+    assert cfg["train"]["data"] == str(tmp_path)
