@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from zarr_store import wfdb_io
+from zarr_store import sources, wfdb_io
 from zarr_store.errors import RecordError
 from zarr_store.wfdb_io import LEADS
 
@@ -30,7 +30,8 @@ BAD_REASONS = ("missing header", "malformed header", "missing signal file", "tru
 class PlannedRecord:
     """A record that passed inspection. ``n`` source frames at ``fs`` Hz become ``n_out`` samples at the
     store rate, cut into ``n_windows`` rows. ``lead_idx[j]`` is the source signal of standard lead j
-    (-1 = missing). ``wfdb`` marks records read through the wfdb fallback."""
+    (-1 = missing); the leads in ``inverted`` are stored negated (signals named "-aVR"). ``wfdb`` marks
+    records read through the wfdb fallback."""
 
     source: int
     record_id: str
@@ -41,6 +42,7 @@ class PlannedRecord:
     n_windows: int
     lead_idx: tuple[int, ...]
     dropped: tuple[str, ...]
+    inverted: tuple[int, ...]
     wfdb: bool
     age: float
     sex: int
@@ -50,8 +52,8 @@ class PlannedRecord:
     def with_meta(self, age: float, sex: int, labels: str, strat_fold: int) -> PlannedRecord:
         """This record with other metadata (dataclasses.replace, without its ~8 µs of introspection)."""
         return PlannedRecord(self.source, self.record_id, self.path, self.fs, self.n, self.n_out,
-                             self.n_windows, self.lead_idx, self.dropped, self.wfdb, age, sex, labels,
-                             strat_fold)
+                             self.n_windows, self.lead_idx, self.dropped, self.inverted, self.wfdb, age,
+                             sex, labels, strat_fold)
 
 
 @dataclass(frozen=True)
@@ -119,12 +121,12 @@ def inspect_record(source: int, root: str, record_id: str, rate: int, window: in
 def _inspect(source, path, record_id, rate, window, min_seconds, keep) -> PlannedRecord | BadRecord:
     directory = os.path.dirname(path)
     header = wfdb_io.read_header(path + ".hea")
-    meta = wfdb_io.comment_meta(header.comments)
+    meta = sources.comment_meta(header.comments)
     if header.numpy_readable:
         # read_digital checks what check_files would (missing, short, unreadable files) when the
         # header gives the length; check_files only when the length comes from the file size.
         n = header.sig_len or wfdb_io.check_files(header, directory)
-        lead_idx, dropped, sel, identity = _lead_plan(tuple(s.description for s in header.signals))
+        lead_idx, dropped, inverted, sel = _lead_plan(tuple(s.description for s in header.signals))
         if len(sel) == 0:
             names = [s.description for s in header.signals]
             return BadRecord(source, record_id, "no standard leads", f"signals {names}")
@@ -137,7 +139,7 @@ def _inspect(source, path, record_id, rate, window, min_seconds, keep) -> Planne
     else:
         x, names, _ = wfdb_io.read_physical_wfdb(Path(path))
         n = len(x)
-        lead_idx, dropped, sel, identity = _lead_plan(tuple(names))
+        lead_idx, dropped, inverted, sel = _lead_plan(tuple(names))
         if len(sel) == 0:
             return BadRecord(source, record_id, "no standard leads", f"signals {names}")
         xs = x[:, sel]
@@ -155,19 +157,19 @@ def _inspect(source, path, record_id, rate, window, min_seconds, keep) -> Planne
     if keep:
         _CACHE[path] = cached
     return PlannedRecord(source, record_id, path, float(fs), int(n), int(n_out), int(n_windows),
-                         lead_idx, dropped, use_wfdb, meta.age, meta.sex, meta.labels, meta.strat_fold)
+                         lead_idx, dropped, inverted, use_wfdb, meta.age, meta.sex, meta.labels, meta.strat_fold)
 
 
 @functools.lru_cache(maxsize=1024)
-def _lead_plan(names: tuple[str, ...]) -> tuple[tuple[int, ...], tuple[str, ...], np.ndarray, bool]:
-    """(source signal per standard lead, -1 = missing; dropped names; the present leads' source
-    signals, read-only; True when the record is exactly the 12 standard leads in order). Cached: an
-    archive repeats a handful of signal lists, and this runs once per record."""
-    idx, dropped = wfdb_io.map_leads(names)
+def _lead_plan(names: tuple[str, ...]) -> tuple[tuple[int, ...], tuple[str, ...], tuple[int, ...], np.ndarray]:
+    """(source signal per standard lead, -1 = missing; dropped names; standard leads whose signal is
+    inverted ("-aVR"); the present leads' source signals, read-only). Cached: an archive repeats a
+    handful of signal lists, and this runs once per record."""
+    idx, dropped, sign = wfdb_io.map_leads(names)
     sel = idx[idx >= 0]
     sel.flags.writeable = False
-    identity = len(names) == N_LEADS and bool((idx == np.arange(N_LEADS)).all())
-    return tuple(int(i) for i in idx), tuple(dropped), sel, identity
+    inverted = tuple(int(j) for j in np.flatnonzero(sign < 0))
+    return tuple(int(i) for i in idx), tuple(dropped), inverted, sel
 
 
 def _is_flat(d: np.ndarray, sel: np.ndarray) -> bool:
@@ -197,8 +199,8 @@ class SignalStats:
 
 def record_signal(rec: PlannedRecord, rate: int) -> tuple[np.ndarray, SignalStats]:
     """The record at the store rate in the standard lead order: int16 µV, shape (12, n_out); missing
-    leads are zeros; no-data samples (WFDB's invalid value, NaN) become 0 and are counted, values
-    outside int16 are clipped and counted."""
+    leads are zeros; inverted signals ("-aVR") are negated back; no-data samples (the format's invalid
+    value, NaN) become 0 and are counted, values outside int16 are clipped and counted."""
     present, sel, identity = _present(rec.lead_idx)
     stats = SignalStats()
     cached = _CACHE.get(rec.path)
@@ -215,18 +217,7 @@ def record_signal(rec: PlannedRecord, rate: int) -> tuple[np.ndarray, SignalStat
         specs = [header.signals[i] for i in sel]
         unit_scale = all(s.uv == 1.0 and s.baseline == 0 for s in specs)
         if d.dtype == np.int16 and unit_scale and rec.n_out == rec.n:
-            # Fast path (PTB-XL, CinC): ADC units are already µV at the store rate; no float round trip.
-            if identity and d.shape[1] == N_LEADS:
-                out = np.empty((N_LEADS, rec.n), dtype=np.int16)  # every lead written: no zero fill
-                out[:] = d.T
-            else:
-                out = np.zeros((N_LEADS, rec.n), dtype=np.int16)
-                out[present] = d[:, sel].T
-            if out.min() == -32768:  # WFDB's no-data value in formats 16/61 (checked cheaply first)
-                invalid = out[present] == np.int16(-32768)
-                stats.invalid = int(invalid.sum())
-                out[present] = np.where(invalid, 0, out[present])
-            return out, stats
+            return _fast_signal(rec, d, specs, present, sel, identity, stats)
         x = d[:, sel].astype(np.float64)
         bad = x == np.array([wfdb_io.INVALID[s.fmt] for s in specs], dtype=np.float64)
         x -= np.array([s.baseline for s in specs], dtype=np.float64)
@@ -234,6 +225,8 @@ def record_signal(rec: PlannedRecord, rate: int) -> tuple[np.ndarray, SignalStat
     stats.invalid = int(bad.sum())
     if stats.invalid:
         x[bad] = 0.0
+    if rec.inverted:  # before rounding and clipping, so that clipping counts the stored values
+        x[:, _columns(present, rec.inverted)] *= -1.0
     up, down = resample_ratio(rec.fs, rate)
     if (up, down) != (1, 1):
         from scipy.signal import resample_poly
@@ -247,3 +240,33 @@ def record_signal(rec: PlannedRecord, rate: int) -> tuple[np.ndarray, SignalStat
     out = np.zeros((N_LEADS, len(y)), dtype=np.int16)
     out[present] = y.T
     return out, stats
+
+
+def _fast_signal(rec, d, specs, present, sel, identity, stats) -> tuple[np.ndarray, SignalStats]:
+    """PTB-XL, CinC: ADC units are already µV at the store rate (int16 samples of format 16, 61 or 80);
+    no float round trip."""
+    if identity and d.shape[1] == N_LEADS:
+        out = np.empty((N_LEADS, rec.n), dtype=np.int16)  # every lead written: no zero fill
+        out[:] = d.T
+    else:
+        out = np.zeros((N_LEADS, rec.n), dtype=np.int16)
+        out[present] = d[:, sel].T
+    # The format's own no-data value (-32768 for 16 and 61, -128 for 80). One value: int16 samples come
+    # from one signal file, whose signals share a format (read_digital). It is the lowest value the
+    # format holds, so a minimum above it rules it out cheaply (almost every record).
+    invalid = wfdb_io.INVALID[specs[0].fmt]
+    if out.min() <= invalid:
+        bad = out[present] == invalid
+        stats.invalid = int(bad.sum())
+        if stats.invalid:
+            out[present] = np.where(bad, 0, out[present])
+    for j in rec.inverted:
+        # no -32768 left (it is format 16's no-data value, zeroed above): the negation cannot overflow
+        np.negative(out[j], out=out[j])
+    return out, stats
+
+
+def _columns(present: np.ndarray, leads: tuple[int, ...]) -> list[int]:
+    """Columns of the present-lead matrix that hold standard leads ``leads``."""
+    pos = {int(j): k for k, j in enumerate(present)}
+    return [pos[j] for j in leads]

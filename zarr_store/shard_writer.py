@@ -18,6 +18,8 @@ import google_crc32c
 import numcodecs
 import numpy as np
 
+from zarr_store.paths import is_url, local_path
+
 EMPTY = np.uint64(2**64 - 1)
 CODECS = ("zstd", "lz4", "delta")
 
@@ -105,9 +107,9 @@ class StoreIO:
 
     def __init__(self, url: str):
         self.url = url
-        self.local = "://" not in url or url.startswith("file://")
+        self.local = not is_url(url)
         if self.local:
-            self.root = Path(url[len("file://"):] if url.startswith("file://") else url)
+            self.root = Path(local_path(url))
             self.fs = None
         else:
             import fsspec

@@ -1,5 +1,5 @@
-"""Fast WFDB reading: a small header parser, numpy readers for the common formats, lead mapping,
-record discovery and metadata (header comments, PTB-XL's ``ptbxl_database.csv``).
+"""Fast WFDB reading: a small header parser, numpy readers for the common formats, the wfdb fallback and
+lead mapping. Record discovery and metadata (header comments, PTB-XL's table) are in zarr_store.sources.
 
 Why our own parser: ``wfdb.rdheader`` costs about 3 ms per record, more than reading and encoding the
 signal (see shared/notes/zarr-store.md). ``wfdb`` stays the fallback for what we do not parse
@@ -18,8 +18,6 @@ Paths may be fsspec URLs (``memory://``, ``s3://``): files are then fetched with
 
 from __future__ import annotations
 
-import csv
-import io
 import functools
 import math
 import os
@@ -31,6 +29,7 @@ from pathlib import Path
 import numpy as np
 
 from zarr_store.errors import RecordError
+from zarr_store.paths import cat_url, is_url, url_fs
 
 LEADS: tuple[str, ...] = ("I", "II", "III", "aVR", "aVL", "aVF", "V1", "V2", "V3", "V4", "V5", "V6")
 
@@ -182,30 +181,11 @@ def _signal_spec(fmt_text: str, gain_text: str, adc_zero_text: str, description:
                       units, adc_zero, description)
 
 
-def is_url(path) -> bool:
-    """An fsspec URL (``memory://``, ``s3://``, ...) rather than a local path."""
-    text = str(path)
-    return "://" in text and not text.startswith("file://")
-
-
-def _url_fs(url: str):
-    import fsspec
-
-    return fsspec.core.url_to_fs(url)
-
-
-def _cat(url: str, start: int | None = None, end: int | None = None) -> bytes:
-    fs, path = _url_fs(url)
-    if fs.isdir(path):
-        raise IsADirectoryError(21, "Is a directory")
-    return fs.cat_file(path, start=start, end=end)
-
-
 def read_header(path: str | os.PathLike) -> Header:
     """Read and parse ``path`` (a ``.hea`` file; a local path or an fsspec URL)."""
     try:
         if is_url(path):
-            text = _cat(str(path)).decode("latin-1")
+            text = cat_url(str(path)).decode("latin-1")
         else:
             text = _read_small(path).decode("latin-1")
     except FileNotFoundError:
@@ -254,7 +234,7 @@ def check_files(header: Header, directory: str | os.PathLike) -> int:
         spec = header.signals[idx[0]]
         try:
             if is_url(directory):
-                fs, path = _url_fs(os.path.join(directory, file))
+                fs, path = url_fs(os.path.join(directory, file))
                 info = fs.info(path)
                 regular, size = info.get("type") == "file", int(info.get("size") or 0)
             else:
@@ -304,7 +284,7 @@ def _read_file(path: str, fmt: int, offset: int, count: int) -> np.ndarray:
     nbytes = expected_bytes(fmt, count)
     try:
         if is_url(path):
-            raw = _cat(path, offset, offset + nbytes)
+            raw = cat_url(path, offset, offset + nbytes)
             return _decode(raw, nbytes, fmt, offset, count, path)
         with open(path, "rb", buffering=0) as fh:  # unbuffered: one copy, not two
             if offset:
@@ -367,199 +347,30 @@ def read_physical_wfdb(record_path: Path) -> tuple[np.ndarray, list[str], list[f
     return rec.p_signal * np.asarray(scale), list(rec.sig_name), scale
 
 
-def map_leads(names: list[str] | tuple[str, ...]) -> tuple[np.ndarray, list[str]]:
+def map_leads(names: list[str] | tuple[str, ...]) -> tuple[np.ndarray, list[str], np.ndarray]:
     """Standard lead order for signal names: (source index per lead, shape (12,) int, -1 = missing;
-    names of the signals dropped). A second signal that maps to a lead already taken is dropped."""
-    idx, dropped = _map_leads(tuple(names))
-    return idx.copy(), list(dropped)
+    names of the signals dropped; sign per lead, shape (12,) int8). A second signal that maps to a lead
+    already taken is dropped. A leading minus names an inverted lead ("-aVR" is -1 x aVR, as in the
+    Cabrera display): its sign is -1, so that the store holds the lead itself."""
+    idx, dropped, sign = _map_leads(tuple(names))
+    return idx.copy(), list(dropped), sign.copy()
 
 
 @functools.lru_cache(maxsize=1024)
-def _map_leads(names: tuple[str, ...]) -> tuple[np.ndarray, tuple[str, ...]]:
+def _map_leads(names: tuple[str, ...]) -> tuple[np.ndarray, tuple[str, ...], np.ndarray]:
     idx = np.full(len(LEADS), -1, dtype=np.int64)
+    sign = np.ones(len(LEADS), dtype=np.int8)
     dropped = []
     for i, raw in enumerate(names):
-        key = re.sub(r"[\s_\-]", "", raw.lower())
+        key = re.sub(r"\s", "", raw.lower())
         if key.startswith("lead") and len(key) > 4:
             key = key[4:]
+        negated = key[:1] in ("-", "\u2212")  # ASCII hyphen or the Unicode minus sign
+        key = re.sub(r"[_\-\u2212]", "", key)
         lead = _LEAD_ALIASES.get(key)
         if lead is None or idx[_LEAD_INDEX[lead]] >= 0:
             dropped.append(raw)
         else:
             idx[_LEAD_INDEX[lead]] = i
-    return idx, tuple(dropped)
-
-
-@dataclass
-class RecordMeta:
-    """Per-record metadata: age in years (NaN unknown), sex (-1 unknown, 0 male, 1 female), labels
-    ("" unknown), strat_fold (0 unknown)."""
-
-    age: float = math.nan
-    sex: int = -1
-    labels: str = ""
-    strat_fold: int = 0
-
-
-_KV_RE = re.compile(r"^([A-Za-z][A-Za-z ]*?)\s*:\s*(.*)$")
-_MITDB_RE = re.compile(r"^(\d+)\s+([MFmf])\b")
-
-
-def _sex(text: str) -> int:
-    t = text.strip().lower()
-    return 0 if t in ("m", "male") else 1 if t in ("f", "female") else -1
-
-
-def _age(text: str) -> float:
-    try:
-        v = float(text)
-    except ValueError:
-        return math.nan
-    return v if math.isfinite(v) and v >= 0 else math.nan
-
-
-def comment_meta(comments: tuple[str, ...] | list[str]) -> RecordMeta:
-    """Metadata from header comments: CinC ``#Age: 85`` / ``#Sex: Male`` / ``#Dx: a,b``, PTB's
-    ``# age: 81`` / ``# sex: female``, and MIT-BIH's leading ``# 69 M ...``."""
-    meta = RecordMeta()
-    for i, c in enumerate(comments):
-        m = _KV_RE.match(c)
-        if m:
-            key, value = m.group(1).strip().lower(), m.group(2).strip()
-            if key == "age":
-                meta.age = _age(value)
-            elif key in ("sex", "gender"):
-                meta.sex = _sex(value)
-            elif key == "dx":
-                meta.labels = ",".join(p.strip() for p in value.split(",") if p.strip())
-        elif math.isnan(meta.age) and meta.sex < 0:
-            m = _MITDB_RE.match(c)
-            if m:
-                meta.age, meta.sex = _age(m.group(1)), _sex(m.group(2))
-    return meta
-
-
-@dataclass(frozen=True)
-class PtbxlRow:
-    labels: str
-    strat_fold: int
-    age: float
-    sex: int
-
-
-@dataclass
-class PtbxlTable:
-    """``ptbxl_database.csv``: rows by record path relative to the csv's folder (no extension)."""
-
-    root: str
-    rows: dict[str, PtbxlRow] = field(default_factory=dict)
-
-    def lookup(self, record_path: str | os.PathLike) -> PtbxlRow | None:
-        if is_url(record_path):
-            path, root = str(record_path), self.root.rstrip("/") + "/"
-        else:  # absolute, not resolved: a folder of symlinks to records still matches its csv
-            path, root = os.path.abspath(record_path), self.root + os.sep
-        if not path.startswith(root):
-            return None
-        return self.rows.get(path[len(root):].replace(os.sep, "/"))
-
-
-def find_ptbxl_table(source, levels: int = 2) -> PtbxlTable | None:
-    """Load ``ptbxl_database.csv`` from ``source`` or one of its ``levels`` parents (so that
-    converting ``ptbxl/records500`` still finds ``ptbxl/ptbxl_database.csv``); None if absent."""
-    if is_url(source):
-        folder = str(source).rstrip("/")
-        for _ in range(levels + 1):
-            fs, path = _url_fs(f"{folder}/ptbxl_database.csv")
-            if fs.isfile(path):
-                return _load_ptbxl(fs.cat_file(path).decode("utf-8"), folder)
-            if folder.split("://", 1)[1].strip("/") == "":
-                break
-            folder = folder.rsplit("/", 1)[0]
-        return None
-    folder = Path(os.path.abspath(source))
-    for _ in range(levels + 1):
-        path = folder / "ptbxl_database.csv"
-        if path.is_file():
-            return _load_ptbxl(path.read_text(encoding="utf-8"), str(folder))
-        folder = folder.parent
-    return None
-
-
-def _load_ptbxl(text: str, root: str) -> PtbxlTable:
-    table = PtbxlTable(root)
-    # csv.reader and column positions, not DictReader: a dict per row of 28 columns costs 2x.
-    rows = csv.reader(io.StringIO(text, newline=""))
-    columns = {name: i for i, name in enumerate(next(rows, []))}  # a repeated name: the last one, as DictReader
-    get = [columns.get(k) for k in ("scp_codes", "strat_fold", "age", "sex", "filename_hr", "filename_lr")]
-
-    for row in rows:
-        if not row:
-            continue  # DictReader skips empty lines too
-        codes, fold, age, sex, hr, lr = [row[i] if i is not None and i < len(row) else "" for i in get]
-        codes = codes.strip()  # the dict literal, as PTB-XL writes it
-        fold = fold or "0"
-        entry = PtbxlRow(codes, int(float(fold)) if fold.strip() else 0, _age(age or "nan"), _ptbxl_sex(sex))
-        for name in (hr, lr):
-            if name:
-                table.rows[name.strip()] = entry
-    return table
-
-
-def _ptbxl_sex(text: str | None) -> int:
-    try:
-        v = int(float(text or ""))
-    except ValueError:
-        return -1
-    return v if v in (0, 1) else -1
-
-
-def discover_records(source: Path) -> list[str]:
-    """Record names (paths relative to ``source``, posix, no extension), sorted. A ``RECORDS`` file in
-    ``source`` is followed (entries ending in '/' name folders with their own RECORDS); otherwise the
-    tree is walked for ``.hea`` files. A record listed in RECORDS whose header is missing is kept, so
-    that conversion reports it."""
-    names: set[str] = set()
-    if is_url(source):
-        fs, root = _url_fs(str(source).rstrip("/"))
-        root = root.rstrip("/")
-        if fs.isfile(f"{root}/RECORDS"):
-            _follow_records(source, "", names, depth=0)
-        else:
-            for f in fs.find(root):
-                rel = f[len(root):].lstrip("/")
-                if rel.endswith(".hea") and not rel.rsplit("/", 1)[-1].startswith("."):
-                    names.add(rel[:-4])
-        return sorted(names)
-    source = Path(source)
-    if (source / "RECORDS").is_file():
-        _follow_records(source, "", names, depth=0)
-    else:
-        top = str(source)
-        for dirpath, dirnames, filenames in os.walk(top):
-            dirnames.sort()
-            # strings, not pathlib: this runs once per file
-            rel = os.path.relpath(dirpath, top).replace(os.sep, "/")
-            prefix = "" if rel == "." else rel + "/"
-            for f in filenames:
-                if f.endswith(".hea") and not f.startswith("."):
-                    names.add(prefix + f[:-4])
-    return sorted(names)
-
-
-def _follow_records(source, prefix: str, names: set[str], depth: int) -> None:
-    if is_url(source):
-        text = _cat(f"{str(source).rstrip('/')}/{prefix}RECORDS").decode("latin-1")
-    else:
-        text = (Path(source) / prefix / "RECORDS").read_text(encoding="latin-1")
-    entries = [line.strip() for line in text.splitlines() if line.strip() and not line.startswith("#")]
-    for entry in entries:
-        if entry.endswith("/"):
-            sub = f"{prefix}{entry}"
-            if depth < 4:
-                try:
-                    _follow_records(source, sub, names, depth + 1)
-                except FileNotFoundError:
-                    pass  # a folder without its own RECORDS
-            continue
-        names.add(Path(prefix + entry).as_posix())
+            sign[_LEAD_INDEX[lead]] = -1 if negated else 1
+    return idx, tuple(dropped), sign

@@ -1,23 +1,30 @@
 """``crema-fast convert SRC... --out STORE``: WFDB archives -> one Zarr v3 store (zarr_store.convert).
 
 Bad records are skipped and listed in ``STORE/_convert/quarantine.json``; bad arguments are
-``BadArgumentError`` (a StoreError), which the hub prints as one line with exit status 2.
+``BadArgumentError`` (a StoreError), which the hub prints as one line with exit status 2. Errors about
+an argument name the command-line flag, not the API argument (``--window``, not ``window_s``).
 """
 
 from __future__ import annotations
 
 import argparse
 
+# zarr_store.convert's argument names -> this command's flags, for error messages
+_FLAGS = {"window_s": "--window", "shard_size": "--shard-size", "workers": "--workers", "rate": "--rate",
+          "codec": "--codec", "dask": "--dask"}
+
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("sources", nargs="+", metavar="SRC", help="folders of WFDB records (.hea + .dat/.mat)")
     parser.add_argument("--out", required=True, metavar="STORE",
-                        help="store path or fsspec URL; an existing store is appended to")
+                        help="store path or fsspec URL; an existing store is appended to (records it "
+                             "already holds are skipped)")
     parser.add_argument("--rate", type=int, default=500, help="store sampling rate in Hz (default 500)")
     parser.add_argument("--window", type=float, default=10.0, help="row length in seconds (default 10)")
     parser.add_argument("--workers", type=int, default=1, help="local worker processes (default 1)")
     parser.add_argument("--dask", default=None, metavar="ADDRESS|local",
-                        help="run the shard tasks on a Dask cluster (scheduler address, or 'local')")
+                        help="run the shard tasks on a Dask cluster (scheduler address, or 'local'); "
+                             "memory:// stores and sources always convert in-process")
     parser.add_argument("--codec", choices=("zstd", "lz4", "delta"), default="zstd",
                         help="zstd: Blosc zstd 1 + bit-shuffle (default); lz4: faster, larger; "
                              "delta: numcodecs delta + zstd, smallest, outside the Zarr v3 spec")
@@ -27,9 +34,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from zarr_store.convert import convert
+    from zarr_store.errors import BadArgumentError
 
-    summary = convert(args.sources, args.out, rate=args.rate, window_s=args.window, workers=args.workers,
-                      dask=args.dask, codec=args.codec, progress=not args.no_progress,
-                      shard_size=args.shard_size)
+    try:
+        summary = convert(args.sources, args.out, rate=args.rate, window_s=args.window, workers=args.workers,
+                          dask=args.dask, codec=args.codec, progress=not args.no_progress,
+                          shard_size=args.shard_size)
+    except BadArgumentError as exc:
+        name, sep, rest = str(exc).partition(": ")
+        if sep and name in _FLAGS:
+            raise BadArgumentError(f"{_FLAGS[name]}: {rest}") from None
+        raise
     print(summary.format())
     return 0

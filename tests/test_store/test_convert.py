@@ -42,31 +42,43 @@ def assert_same_arrays(a, b):
         np.testing.assert_array_equal(x, y, err_msg=name)
 
 
+DUPLICATE = "duplicate (same ecg_id at another rate)"
+
+
 @pytest.fixture(scope="module")
 def ptbxl_store(shared_data, tmp_path_factory):
-    """The first PTBXL_N PTB-XL records at 500 Hz and 100 Hz (symlinked, with the csv), converted."""
+    """The first PTBXL_N PTB-XL records at 500 Hz, 3 others at 100 Hz, and the 100 Hz copies of ECGs
+    1 and 2 (duplicates of their 500 Hz files: skipped), symlinked with the csv, converted. Returns
+    (store, summary, names of the converted records)."""
     tmp = tmp_path_factory.mktemp("ptbxl")
     src = shared_data / "ptbxl"
     names = [f"records500/00000/{i:05d}_hr" for i in range(1, PTBXL_N + 1)]
-    names += [f"records100/00000/{i:05d}_lr" for i in range(1, 4)]
-    root = copy_subset(src, tmp / "ptbxl", names, extra_files=["ptbxl_database.csv"])
+    names += [f"records100/00000/{i:05d}_lr" for i in range(PTBXL_N + 1, PTBXL_N + 4)]
+    dups = [f"records100/00000/{i:05d}_lr" for i in (1, 2)]
+    root = copy_subset(src, tmp / "ptbxl", names + dups, extra_files=["ptbxl_database.csv"])
     summary = convert([root], tmp / "store.zarr", progress=False, shard_size=8)
     return tmp / "store.zarr", summary, names
 
 
 def test_ptbxl_values_equal_rdsamp(ptbxl_store, shared_data):
     store, summary, names = ptbxl_store
-    assert summary.converted == len(names) and summary.rows == len(names) and summary.skipped == {}
+    assert summary.converted == len(names) and summary.rows == len(names)
+    assert summary.skipped == {DUPLICATE: 2}  # records100 copies of ECGs 1, 2: their 500 Hz files are here
+    report = json.loads((store / "_convert" / "quarantine.json").read_text())
+    assert sorted(r["record_id"] for r in report["records"] if r["reason"] == DUPLICATE) == [
+        "records100/00000/00001_lr", "records100/00000/00002_lr"]
     a = load(store)
     ids = list(a["record_id"])
+    assert sorted(ids) == sorted(names)
     for name in names[:PTBXL_N]:
         row = ids.index(name)
         ref, _ = wfdb.rdsamp(str(shared_data / "ptbxl" / name))
         np.testing.assert_array_equal(a["signals"][row], np.rint(ref.T * 1000).astype(np.int16))
         assert a["lead_mask"][row].all() and a["valid_length"][row] == 5000 and a["orig_rate"][row] == 500
     # 100 Hz versions are resampled x5 by polyphase filtering
-    row = ids.index("records100/00000/00001_lr")
-    ref, _ = wfdb.rdsamp(str(shared_data / "ptbxl" / "records100/00000/00001_lr"))
+    lr = f"records100/00000/{PTBXL_N + 1:05d}_lr"
+    row = ids.index(lr)
+    ref, _ = wfdb.rdsamp(str(shared_data / "ptbxl" / lr))
     expect = np.rint(resample_poly(ref * 1000, 5, 1, axis=0)).T
     assert np.abs(a["signals"][row] - expect).max() <= 1
     assert a["orig_rate"][row] == 100
@@ -91,7 +103,6 @@ def test_plain_zarr_open_array_reads_the_signals(ptbxl_store, shared_data):
     store, _, _ = ptbxl_store
     arr = zarr.open_array(str(store / "signals"), mode="r")
     assert arr.shape[1:] == (12, 5000) and arr.chunks == (1, 12, 5000) and arr.shards[0] == 8
-    ref, _ = wfdb.rdsamp(str(shared_data / "ptbxl" / "records100/00000/00002_lr"))
     group = zarr.open_group(str(store), mode="r")
     assert group.attrs["leads"] == ["I", "II", "III", "aVR", "aVL", "aVF", "V1", "V2", "V3", "V4", "V5", "V6"]
     assert (group.attrs["rate"], group.attrs["window"], group.attrs["units"]) == (500, 5000, "uV")
@@ -116,11 +127,12 @@ def _rows_of(a, record_id):
 def test_other_rates_resampled_like_scipy(other_store, shared_data, name, up, down):
     store, _ = other_store
     a = load(store)
-    rows = _rows_of(a, name)
+    rows = _rows_of(a, name.split("/")[1])
+    assert set(a["source"][rows]) == {name.split("/")[0]}  # named after its database, not "other"
     ref, fields = wfdb.rdsamp(str(shared_data / "other" / name))
     expect = resample_poly(ref * 1000, up, down, axis=0)
     n_out = len(expect)
-    assert len(rows) == -(-n_out // 5000) if n_out % 5000 >= 500 else n_out // 5000
+    assert len(rows) == (-(-n_out // 5000) if n_out % 5000 >= 500 else n_out // 5000)
     assert list(a["window_index"][rows]) == list(range(len(rows)))
     leads = ["I", "II", "III", "aVR", "aVL", "aVF", "V1", "V2", "V3", "V4", "V5", "V6"]
     names = [{"MLII": "II"}.get(n, n.upper() if n.lower() not in ("avr", "avl", "avf") else "aV" + n[-1].upper())
@@ -140,11 +152,11 @@ def test_other_rates_resampled_like_scipy(other_store, shared_data, name, up, do
 def test_ptb_keeps_12_leads_drops_frank(other_store):
     store, summary = other_store
     a = load(store)
-    rows = _rows_of(a, "ptbdb/s0010_re")
+    rows = _rows_of(a, "s0010_re")
     assert a["lead_mask"][rows].all()
     assert summary.dropped_signals == {"vx": 1, "vy": 1, "vz": 1}
     assert (a["age"][rows[0]], a["sex"][rows[0]]) == (81.0, 1)
-    mit = _rows_of(a, "mitdb/100")
+    mit = _rows_of(a, "100")
     expect = np.zeros(12, bool)
     expect[[1, 10]] = True  # MLII -> II, V5
     assert (a["lead_mask"][mit] == expect).all()
@@ -155,7 +167,7 @@ def test_ptb_keeps_12_leads_drops_frank(other_store):
 def test_chapman_mat_with_labels(other_store, shared_data):
     store, _ = other_store
     a = load(store)
-    (row,) = _rows_of(a, "chapman_shaoxing/JS00001")
+    (row,) = _rows_of(a, "JS00001")
     ref, _ = wfdb.rdsamp(str(shared_data / "other/chapman_shaoxing/JS00001"))
     np.testing.assert_array_equal(a["signals"][row], np.rint(ref.T * 1000).astype(np.int16))
     assert a["labels"][row] == "164889003,59118001,164934002"
@@ -300,6 +312,109 @@ def test_memory_url_and_dask_local_cluster(tmp_path):
     assert_same_arrays(load(tmp_path / "dask.zarr"), load(tmp_path / "ref.zarr"))
 
 
+def test_memory_output_with_dask_local_stays_in_process(tmp_path):
+    """dask="local" (or workers > 1) into memory://: worker processes cannot see this process's memory
+    file system, so the conversion runs in-process and the store holds every row."""
+    arch = write_archive(tmp_path / "arch", n=5, fs=250, bad=("flat",))
+    convert([arch.root], tmp_path / "ref.zarr", progress=False, shard_size=4)
+    url = f"memory://dask-{uuid.uuid4().hex}"
+    got = convert([arch.root], url, progress=False, shard_size=4, dask="local", workers=2)
+    assert got.converted == 5 and got.rows_total == 5 and "in-process" in got.note
+    assert_same_arrays(load(url), load(tmp_path / "ref.zarr"))
+
+
+def test_dask_local_starts_its_own_cluster(tmp_path):
+    """dask="local": the Runner starts a LocalCluster of worker processes; same store as in-process."""
+    arch = write_archive(tmp_path / "arch", n=5, fs=360, seconds=12.0, bad=("truncated",))
+    ref = convert([arch.root], tmp_path / "ref.zarr", progress=False, shard_size=4)
+    got = convert([arch.root], tmp_path / "dask.zarr", progress=False, shard_size=4, dask="local")
+    assert got.converted == ref.converted == 5 and got.skipped == ref.skipped == {"truncated": 1}
+    assert got.shards_written == ref.shards_written == 3 and got.note == ""
+    assert_same_arrays(load(tmp_path / "dask.zarr"), load(tmp_path / "ref.zarr"))
+
+
+def test_overlapping_sources_never_duplicate_rows(tmp_path):
+    """A folder of two databases (each with its RECORDS): converting one, then the parent, then the
+    other again appends each record once, named after its database (not the folder converted)."""
+    a = write_archive(tmp_path / "data" / "dba", n=3, bad=("flat",))
+    b = write_archive(tmp_path / "data" / "dbb", n=2, seed=50, bad=())
+    store = tmp_path / "s.zarr"
+    first = convert([a.root], store, progress=False, shard_size=4)
+    assert first.converted == 3
+    both = convert([tmp_path / "data"], store, progress=False, shard_size=4)
+    assert both.converted == 2 and both.skipped == {"already in store": 3, "flat": 1}
+    assert "already in store 3" in both.format()
+    again = convert([b.root, a.root], store, progress=False, shard_size=4)  # a new source list, nothing new
+    assert again.converted == 0 and again.rows == 0 and again.skipped == {"already in store": 5, "flat": 1}
+    got = load(store)
+    assert list(zip(got["source"], got["record_id"])) == [("dba", n) for n in a.good] + [("dbb", n) for n in b.good]
+    for row, (db, name) in enumerate(zip(got["source"], got["record_id"])):
+        sig = (a if db == "dba" else b).signals[name]
+        np.testing.assert_array_equal(got["signals"][row], np.rint(sig.T * 1000).astype(np.int16))
+    twice = convert([a.root, tmp_path / "data"], tmp_path / "t.zarr", progress=False)  # within one call
+    assert twice.converted == 5 and twice.skipped == {"already in store": 4, "flat": 1}  # each inspected once
+
+
+def test_ptbxl_below_the_root_keeps_labels_and_drops_rate_copies(shared_data, tmp_path):
+    """Converting the folder above ptbxl/ (as ../shared/data): the csv below the root is found, the
+    records are named "ptbxl", and each ECG is stored once, at 500 Hz."""
+    import pandas as pd
+
+    names = [f"records{r}/00000/{i:05d}_{s}" for r, s in (("500", "hr"), ("100", "lr")) for i in (1, 2, 3)]
+    copy_subset(shared_data / "ptbxl", tmp_path / "data" / "ptbxl", names, ["ptbxl_database.csv"],
+                records_file=True)
+    summary = convert([tmp_path / "data"], tmp_path / "s.zarr", progress=False)
+    assert summary.converted == 3 and summary.skipped == {DUPLICATE: 3}
+    a = load(tmp_path / "s.zarr")
+    assert list(a["record_id"]) == names[:3] and set(a["source"]) == {"ptbxl"}
+    db = pd.read_csv(shared_data / "ptbxl" / "ptbxl_database.csv", index_col="ecg_id")
+    assert list(a["labels"]) == list(db.loc[[1, 2, 3], "scp_codes"])
+    assert list(a["strat_fold"]) == list(db.loc[[1, 2, 3], "strat_fold"])
+    # the 100 Hz copies alone, appended later: their 500 Hz files are in the store
+    later = convert([tmp_path / "data" / "ptbxl" / "records100"], tmp_path / "s.zarr", progress=False)
+    assert later.converted == 0 and later.skipped == {DUPLICATE: 3}
+
+
+@pytest.mark.parametrize("fs", [500, 250])
+def test_inverted_lead_is_stored_with_its_sign_flipped(tmp_path, monkeypatch, fs):
+    """A signal named "-aVR" is -1 x aVR: the store holds aVR (fast path at 500 Hz, resampled at 250
+    Hz, and through the wfdb fallback), oracle wfdb.rdsamp."""
+    from tests.test_store.archives import ecg_like, write_record
+    from zarr_store import wfdb_io
+
+    sig = ecg_like(10 * fs, fs, 4, seed=3)
+    write_record(tmp_path / "arch", "inv", sig, fs, names=("I", "II", "-aVR", "V1"))
+    ref, fields = wfdb.rdsamp(str(tmp_path / "arch" / "inv"))
+    assert fields["sig_name"][2] == "-aVR"
+    expect = np.rint(resample_poly(ref * 1000, 500 // math.gcd(500, fs), fs // math.gcd(500, fs), axis=0)).T
+    expect[2] *= -1
+    for path in ("numpy", "wfdb"):
+        if path == "wfdb":
+            monkeypatch.setattr(wfdb_io, "NUMPY_FORMATS", frozenset())
+        convert([tmp_path / "arch"], tmp_path / f"{path}.zarr", progress=False)
+        a = load(tmp_path / f"{path}.zarr")
+        assert list(a["lead_mask"][0]) == [True, True, False, True] + [False, False, True] + [False] * 5
+        got = a["signals"][0][[0, 1, 3, 6]].astype(np.int64)
+        assert np.abs(got - expect).max() <= (0 if fs == 500 else 1), path
+
+
+def test_format_80_no_data_value_becomes_zero(tmp_path):
+    """Format 80's no-data value is -128 (not -32768): the fast path (µV units, store rate) zeroes and
+    counts it as rdsamp's NaN."""
+    rng = np.random.default_rng(0)
+    d = rng.integers(-127, 128, (5000, 12))
+    d[100:130, 3] = -128
+    d[7, 11] = -128
+    (tmp_path / "arch").mkdir()
+    wfdb.wrsamp("r80", fs=500, units=["uV"] * 12, sig_name=["I", "II", "III", "aVR", "aVL", "aVF", "V1", "V2",
+                                                         "V3", "V4", "V5", "V6"],
+                d_signal=d, fmt=["80"] * 12, adc_gain=[1.0] * 12, baseline=[0] * 12, write_dir=str(tmp_path / "arch"))
+    ref, _ = wfdb.rdsamp(str(tmp_path / "arch" / "r80"))
+    summary = convert([tmp_path / "arch"], tmp_path / "s.zarr", progress=False)
+    assert summary.invalid_samples == int(np.isnan(ref).sum()) == 31
+    np.testing.assert_array_equal(load(tmp_path / "s.zarr")["signals"][0], np.nan_to_num(ref, nan=0.0).T)
+
+
 def test_memory_url_input(tmp_path):
     """Sources as fsspec URLs: the same rows as from the local copy (RECORDS and walk, bad kinds)."""
     import fsspec
@@ -329,10 +444,21 @@ def test_bad_arguments(tmp_path):
     assert not (tmp_path / "s.zarr").exists()  # nothing created for a failed call
     arch = write_archive(tmp_path / "arch", n=1, bad=())
     (tmp_path / "file.txt").write_text("x")
-    with pytest.raises(BadArgumentError, match="not a store"):
+    not_a_store = "expected a crema-fast store or a new path, got"
+    with pytest.raises(BadArgumentError, match=f"{not_a_store} a file"):
         convert([arch.root], tmp_path / "file.txt", progress=False)
-    with pytest.raises(BadArgumentError, match="not a store"):
+    with pytest.raises(BadArgumentError, match=f"{not_a_store} a folder"):
         convert([arch.root], arch.root, progress=False)  # a non-empty folder that is not a store
+    zarr.create_array(str(tmp_path / "array.zarr"), shape=(3,), dtype="int8")
+    with pytest.raises(BadArgumentError, match=f"{not_a_store} a Zarr array"):
+        convert([arch.root], tmp_path / "array.zarr", progress=False)
+    (tmp_path / "broken.zarr").mkdir()
+    (tmp_path / "broken.zarr" / "zarr.json").write_text('{"zarr_format": 3, "node_type": "gr')
+    with pytest.raises(BadArgumentError, match=f"{not_a_store} a zarr.json that is not JSON"):
+        convert([arch.root], tmp_path / "broken.zarr", progress=False)
+    zarr.open_group(str(tmp_path / "group.zarr"), mode="w")
+    with pytest.raises(BadArgumentError, match=f"{not_a_store} a Zarr group without format_version"):
+        convert([arch.root], tmp_path / "group.zarr", progress=False)
     with pytest.raises(BadArgumentError, match="codec"):
         convert([arch.root], tmp_path / "s2.zarr", progress=False, codec="gzip")
     with pytest.raises(BadArgumentError, match="window_s"):
@@ -351,6 +477,33 @@ def test_cli_convert_and_missing_folder(tmp_path, capsys):
     assert "converted      2 records" in out and "flat 1" in out and "compression" in out
     assert math.isclose(len(load(tmp_path / "s.zarr")["record_id"]), 2)
     assert os.path.exists(tmp_path / "s.zarr" / "_convert" / "quarantine.json")
+
+
+@pytest.mark.parametrize("flags,named", [(["--window", "0"], "--window"), (["--window", "0.0011"], "--window"),
+                                         (["--shard-size", "0"], "--shard-size"), (["--workers", "0"], "--workers"),
+                                         (["--rate", "-5"], "--rate")])
+def test_cli_errors_name_the_flags(tmp_path, capsys, flags, named):
+    from crema_fast.cli import main
+
+    arch = write_archive(tmp_path / "arch", n=1, bad=())
+    assert main(["convert", str(arch.root), "--out", str(tmp_path / "s.zarr"), "--no-progress", *flags]) == 2
+    (err,) = capsys.readouterr().err.strip().splitlines()
+    assert err.split("error: ", 1)[1].startswith(f"{named}: expected"), err
+    assert "window_s" not in err and "shard_size" not in err
+
+
+def test_cli_out_is_a_zarr_array_or_broken(tmp_path, capsys):
+    """One line, exit 2, no traceback, for an out that is a Zarr array or has a broken zarr.json."""
+    from crema_fast.cli import main
+
+    arch = write_archive(tmp_path / "arch", n=1, bad=())
+    zarr.create_array(str(tmp_path / "array.zarr"), shape=(3,), dtype="int8")
+    (tmp_path / "broken.zarr").mkdir()
+    (tmp_path / "broken.zarr" / "zarr.json").write_text("{not json")
+    for out in ("array.zarr", "broken.zarr"):
+        assert main(["convert", str(arch.root), "--out", str(tmp_path / out), "--no-progress"]) == 2
+        (err,) = capsys.readouterr().err.strip().splitlines()
+        assert "expected a crema-fast store or a new path" in err and "Traceback" not in err
 
 
 def test_cli_subprocess_exit_code(tmp_path):
@@ -377,7 +530,7 @@ def test_wfdb_fallback_gives_the_same_rows(tmp_path, monkeypatch):
 def test_direct_metadata_files_equal_zarrs(tmp_path, rows):
     """The metadata arrays a first conversion writes itself are the files zarr writes, byte for byte:
     chunks across a boundary, a padded last chunk, all-fill chunks left out (NaN, 0, -0.0, "")."""
-    from zarr_store.convert import META_ARRAYS, _direct_files, _meta_spec
+    from zarr_store.meta_io import META_ARRAYS, direct_files as _direct_files, meta_spec as _meta_spec
 
     rng = np.random.default_rng(rows)
     cols = {
@@ -407,7 +560,7 @@ def test_direct_metadata_files_equal_zarrs(tmp_path, rows):
 
 def test_grow_writes_zarrs_zarr_json(tmp_path):
     """The signals shape a conversion sets itself is the zarr.json zarr's own resize writes."""
-    from zarr_store.convert import _grow
+    from zarr_store.meta_io import grow as _grow
     from zarr_store.shard_writer import ChunkCodec, StoreIO
 
     filters, compressors = ChunkCodec("delta", blocksize=12 * 50 * 2).zarr_codecs()

@@ -1,15 +1,12 @@
-"""zarr_store.wfdb_io against wfdb (the oracle): header parsing, the numpy readers, lead mapping,
-discovery and metadata."""
+"""zarr_store.wfdb_io against wfdb (the oracle): header parsing, the numpy readers, lead mapping."""
 
 from __future__ import annotations
-
-import math
 
 import numpy as np
 import pytest
 import wfdb
 
-from tests.test_store.archives import ecg_like, write_archive, write_record
+from tests.test_store.archives import ecg_like, write_record
 from zarr_store import wfdb_io
 from zarr_store.errors import RecordError
 
@@ -46,7 +43,7 @@ def test_header_oddities():
     assert (c.fmt, c.offset, c.gain, c.units) == (16, 24, 1000.0, "mV")
     assert h.files == ("rec.dat", "rec.dat", "x.mat")
     assert wfdb_io.signal_groups(h) == {"rec.dat": [0, 1], "x.mat": [2]}
-    assert wfdb_io.comment_meta(h.comments).labels == "1,2"
+    assert h.comments == ("leading comment", "Dx: 1, 2")
 
 
 @pytest.mark.parametrize("text", ["", "# only a comment", "rec", "rec x 500 10", "rec 2 500 10\nr.dat 16",
@@ -82,39 +79,18 @@ def test_truncated_and_missing_files(tmp_path):
 
 
 def test_lead_mapping_aliases_and_drops():
-    idx, dropped = wfdb_io.map_leads(["mlii", "AVR", "avl", "V5", "vx", "Lead I", "D3", "II", "v-6"])
+    idx, dropped, sign = wfdb_io.map_leads(["mlii", "AVR", "avl", "V5", "vx", "Lead I", "D3", "II", "v-6"])
     expect = {"II": 0, "aVR": 1, "aVL": 2, "V5": 3, "I": 5, "III": 6, "V6": 8}
     for lead, i in expect.items():
         assert idx[wfdb_io.LEADS.index(lead)] == i
     assert (idx >= 0).sum() == len(expect)
     assert dropped == ["vx", "II"]  # a second II is dropped, not swapped in
+    assert (sign == 1).all()  # "v-6": a hyphen inside the name is not a minus sign
 
 
-def test_comment_metadata():
-    cinc = wfdb_io.comment_meta(["Age: 85", "Sex: Male", "Dx: 164889003, 59118001"])
-    assert (cinc.age, cinc.sex, cinc.labels) == (85.0, 0, "164889003,59118001")
-    ptb = wfdb_io.comment_meta(["age: 81", "sex: female", "Reason for admission: MI"])
-    assert (ptb.age, ptb.sex) == (81.0, 1)
-    mit = wfdb_io.comment_meta(["69 M 1085 1629 x1", "Aldomet, Inderal"])
-    assert (mit.age, mit.sex) == (69.0, 0)
-    unknown = wfdb_io.comment_meta(["Age: Unknown", "Sex: ?"])
-    assert math.isnan(unknown.age) and unknown.sex == -1
-
-
-def test_discovery_records_file_and_walk(tmp_path, shared_data):
-    arch = write_archive(tmp_path / "a", n=2, bad=("missing header",))
-    assert wfdb_io.discover_records(arch.root) == sorted([*arch.good, *arch.bad])
-    (arch.root / "RECORDS").unlink()
-    assert wfdb_io.discover_records(arch.root) == arch.good  # the walk finds only what has a .hea
-    assert wfdb_io.discover_records(shared_data / "other") == [
-        "chapman_shaoxing/JS00001", "mitdb/100", "ptbdb/s0010_re", "qtdb/sel100"]
-    walked = wfdb_io.discover_records(shared_data / "ptbxl" / "records100")
-    assert len(walked) == 500 and walked[0] == "00000/00001_lr"
-
-
-def test_ptbxl_table_found_from_a_subfolder(shared_data):
-    table = wfdb_io.find_ptbxl_table(shared_data / "ptbxl" / "records500")
-    row = table.lookup(shared_data / "ptbxl" / "records500" / "00000" / "00001_hr")
-    assert row == wfdb_io.PtbxlRow("{'NORM': 100.0, 'LVOLT': 0.0, 'SR': 0.0}", 3, 56.0, 1)
-    assert table.lookup(shared_data / "ptbxl" / "records100" / "00000" / "00001_lr") == row
-    assert wfdb_io.find_ptbxl_table(shared_data / "other") is None
+def test_lead_mapping_inverted_leads():
+    idx, dropped, sign = wfdb_io.map_leads(["I", "-aVR", "lead -III", "\u2212V1", "aVR"])
+    leads = wfdb_io.LEADS
+    assert [idx[leads.index(n)] for n in ("I", "aVR", "III", "V1")] == [0, 1, 2, 3]
+    assert [sign[leads.index(n)] for n in ("I", "aVR", "III", "V1")] == [1, -1, -1, -1]
+    assert dropped == ["aVR"] and (sign[[leads.index(n) for n in leads[4:] if n != "V1"]] == 1).all()

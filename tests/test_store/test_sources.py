@@ -1,0 +1,71 @@
+"""zarr_store.sources: discovery, database folders (the ``source`` and ``record_id`` of each record),
+PTB-XL's table and header-comment metadata, checked against the files on disk and PTB-XL's csv."""
+
+from __future__ import annotations
+
+import math
+
+from tests.test_store.archives import write_archive
+from zarr_store import sources
+
+
+def test_comment_metadata():
+    cinc = sources.comment_meta(["Age: 85", "Sex: Male", "Dx: 164889003, 59118001"])
+    assert (cinc.age, cinc.sex, cinc.labels) == (85.0, 0, "164889003,59118001")
+    ptb = sources.comment_meta(["age: 81", "sex: female", "Reason for admission: MI"])
+    assert (ptb.age, ptb.sex) == (81.0, 1)
+    mit = sources.comment_meta(["69 M 1085 1629 x1", "Aldomet, Inderal"])
+    assert (mit.age, mit.sex) == (69.0, 0)
+    unknown = sources.comment_meta(["Age: Unknown", "Sex: ?"])
+    assert math.isnan(unknown.age) and unknown.sex == -1
+
+
+def test_discovery_records_file_and_walk(tmp_path, shared_data):
+    arch = write_archive(tmp_path / "a", n=2, bad=("missing header",))
+    assert sources.discover_records(arch.root) == sorted([*arch.good, *arch.bad])
+    (arch.root / "RECORDS").unlink()
+    assert sources.discover_records(arch.root) == arch.good  # the walk finds only what has a .hea
+    assert sources.discover_records(shared_data / "other") == [
+        "chapman_shaoxing/JS00001", "mitdb/100", "ptbdb/s0010_re", "qtdb/sel100"]
+    walked = sources.discover_records(shared_data / "ptbxl" / "records100")
+    assert len(walked) == 500 and walked[0] == "00000/00001_lr"
+
+
+def test_ptbxl_table_found_from_a_subfolder(shared_data):
+    table = sources.find_ptbxl_table(shared_data / "ptbxl" / "records500")
+    row = table.lookup(shared_data / "ptbxl" / "records500" / "00000" / "00001_hr")
+    assert row == sources.PtbxlRow("{'NORM': 100.0, 'LVOLT': 0.0, 'SR': 0.0}", 3, 56.0, 1)
+    assert table.lookup(shared_data / "ptbxl" / "records100" / "00000" / "00001_lr") == row
+    assert sources.find_ptbxl_table(shared_data / "other") is None
+
+
+def _located(root, names=None):
+    tree = sources.SourceTree(root)
+    return {n: tree.locate(n) for n in (names or sources.discover_records(root))}
+
+
+def test_records_are_named_after_their_database(shared_data):
+    """The same (source, record_id) whichever folder is converted: data/, data/other, data/ptbxl, or
+    data/ptbxl/records500 (PTB-XL's csv above it)."""
+    whole = _located(shared_data)
+    by_key = {n: (loc.source, loc.record_id) for n, loc in whole.items()}
+    assert by_key["other/mitdb/100"] == ("mitdb", "100")
+    assert by_key["other/chapman_shaoxing/JS00001"] == ("chapman_shaoxing", "JS00001")
+    assert by_key["ptbxl/records500/00000/00001_hr"] == ("ptbxl", "records500/00000/00001_hr")
+    assert {loc.source for loc in whole.values()} == {"ptbxl", "mitdb", "qtdb", "ptbdb", "chapman_shaoxing"}
+    for sub in ("other", "ptbxl", "ptbxl/records500", "other/qtdb"):
+        for name, loc in _located(shared_data / sub).items():
+            assert (loc.source, loc.record_id) == by_key[f"{sub}/{name}"], (sub, name)
+    # the csv below the root is found: PTB-XL's labels survive converting data/
+    assert all(loc.table is not None for n, loc in whole.items() if n.startswith("ptbxl/"))
+    assert all(loc.table is None for n, loc in whole.items() if n.startswith("other/"))
+
+
+def test_source_fallbacks(tmp_path):
+    """No marker: the top-level folder under the root, else the root's own name."""
+    write_archive(tmp_path / "plain" / "cinc" / "g1", n=1, bad=(), records_file=False)
+    write_archive(tmp_path / "plain", n=1, bad=(), records_file=False)
+    got = {n: (loc.source, loc.record_id) for n, loc in _located(tmp_path / "plain").items()}
+    assert got == {"cinc/g1/good000": ("cinc", "g1/good000"), "good000": ("plain", "good000")}
+    (tmp_path / "plain" / "cinc" / "g1" / "RECORDS").write_text("good000\n")
+    assert _located(tmp_path / "plain")["cinc/g1/good000"].source == "g1"  # the nearest marker wins

@@ -1,0 +1,192 @@
+"""The store's zarr.json files and metadata arrays, written without zarr's per-node machinery.
+
+zarr.json files are zarr's own templates (made once per process in memory, ``template``) with their
+shape and attributes set, serialized as zarr serializes them: the files are those zarr writes (tested),
+for ~6 ms less per conversion. A first conversion writes the metadata arrays' files directly
+(shard_writer.meta_array_files, the bytes zarr writes); an append resizes them through zarr, on
+zarr's event loop, concurrently.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import json
+import math
+import warnings
+
+import numpy as np
+
+from zarr_store.shard_writer import ChunkCodec, StoreIO, meta_array_files
+
+# 1-D metadata arrays: name -> (dtype, fill value)
+META_ARRAYS = {
+    "valid_length": ("int32", 0), "window_index": ("int32", 0), "record_id": (str, ""),
+    "source": (str, ""), "orig_rate": ("float32", 0.0), "age": ("float32", math.nan),
+    "sex": ("int8", -1), "labels": (str, ""), "strat_fold": ("int8", 0),
+}
+# Metadata arrays: small chunks (an append re-encodes only its tail; zarr pads the last chunk, and
+# padding 65,536 strings cost ~10 ms per array) inside large shards (few files per million rows).
+META_CHUNK, META_SHARD = 4096, 262144
+
+
+def write_json(io: StoreIO, key: str, obj) -> None:
+    io.write(key, json.dumps(obj, sort_keys=True).encode())
+
+
+def read_json(io: StoreIO, key: str):
+    """The JSON object at ``key``, None when there is no such file (ValueError when it is not JSON)."""
+    data = io.read(key)
+    return None if data is None else json.loads(data)
+
+
+@functools.lru_cache(maxsize=None)
+def template(kind: str, *key) -> dict:
+    """zarr's own zarr.json of a node (made once per process in memory): "group", "signals" (codec,
+    window, shard_size) or a metadata array's name. Its content is zarr's; only its shape and
+    attributes are set here, so the files are those zarr writes (tested)."""
+    import zarr
+    from zarr.storage import MemoryStore
+
+    files: dict = {}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # numcodecs.delta is outside the v3 spec: said in the docs
+        if kind == "group":
+            zarr.open_group(MemoryStore(files), mode="w")
+            return json.loads(files["zarr.json"].to_bytes())
+        if kind == "signals":
+            codec, window, shard_size = key
+            filters, compressors = ChunkCodec(codec, blocksize=12 * window * 2).zarr_codecs()
+            spec = dict(shape=(0, 12, window), dtype="int16", chunks=(1, 12, window),
+                        shards=(shard_size, 12, window), filters=filters, compressors=compressors,
+                        fill_value=0, dimension_names=("row", "lead", "time"))
+        else:
+            spec = meta_spec(kind, 0)
+        zarr.create_array(MemoryStore(files), name="a", **spec)
+    return json.loads(files["a/zarr.json"].to_bytes())
+
+
+def write_node(io: StoreIO, path: str, node: dict, **changes) -> None:
+    """Write ``path``/zarr.json: ``node`` (a template) with ``changes``, serialized as zarr does."""
+    import zarr
+
+    meta = dict(node, **changes)
+    key = f"{path}/zarr.json" if path else "zarr.json"
+    io.write(key, json.dumps(meta, allow_nan=True, indent=zarr.config.get("json_indent")).encode())
+
+
+def direct_files(name: str, values: np.ndarray):
+    import zarr
+
+    return meta_array_files(template(name), values, zarr.config.get("json_indent"))
+
+
+def meta_spec(name: str, rows: int) -> dict:
+    """zarr.create_array arguments of metadata array ``name`` holding ``rows`` rows."""
+    if name == "lead_mask":
+        return dict(shape=(rows, 12), dtype="bool", chunks=(META_CHUNK, 12), shards=(META_SHARD, 12),
+                    fill_value=False, dimension_names=("row", "lead"))
+    dtype, fill = META_ARRAYS[name]
+    return dict(shape=(rows,), dtype=dtype, chunks=(META_CHUNK,), shards=(META_SHARD,), fill_value=fill,
+                dimension_names=("row",))
+
+
+def write_metadata(io: StoreIO, plan: list, first_rows: np.ndarray, sources: list[str],
+                   record_ids: list[str], window: int) -> None:
+    """Rows [first_rows[0], first_rows[-1]) of every metadata array, for the PlannedRecords ``plan``
+    (record k starts at row first_rows[k]; its source name and record id are sources[k],
+    record_ids[k]); then ``signals`` grows to the new row count (last: it is the store's row count)."""
+    start, end = int(first_rows[0]), int(first_rows[-1])
+    counts = np.array([p.n_windows for p in plan], dtype=np.int64)
+    rec_of_row = np.repeat(np.arange(len(plan)), counts)
+    window_index = np.arange(end - start) - np.repeat(first_rows[:-1] - start, counts)
+    n_out = np.array([p.n_out for p in plan], dtype=np.int64)[rec_of_row]
+    cols = {
+        "valid_length": np.minimum(window, n_out - window_index * window).astype(np.int32),
+        "window_index": window_index.astype(np.int32),
+        "record_id": np.array(record_ids, dtype=object)[rec_of_row],
+        "source": np.array(sources, dtype=object)[rec_of_row],
+        "orig_rate": np.array([p.fs for p in plan], dtype=np.float32)[rec_of_row],
+        "age": np.array([p.age for p in plan], dtype=np.float32)[rec_of_row],
+        "sex": np.array([p.sex for p in plan], dtype=np.int8)[rec_of_row],
+        "labels": np.array([p.labels for p in plan], dtype=object)[rec_of_row],
+        "strat_fold": np.array([p.strat_fold for p in plan], dtype=np.int8)[rec_of_row],
+    }
+    cols["lead_mask"] = np.array([[i >= 0 for i in p.lead_idx] for p in plan], dtype=bool).reshape(-1, 12)[rec_of_row]
+    cols = {k: v.astype(str) if v.dtype == object else v for k, v in cols.items()}
+    # A metadata array missing here is created with its final shape (a first conversion, or a re-run
+    # of one killed before this step): its files written directly (shard_writer.meta_array_files, the
+    # bytes zarr writes), zarr.json last. An existing one (append, re-run) is resized through zarr.
+    # Both idempotent.
+    exists = {name: io.exists(f"{name}/zarr.json") for name in cols}
+    if start == 0:
+        for name, values in list(cols.items()):
+            if not exists[name]:
+                files = direct_files(name, values)
+                if files is not None:
+                    for key, parts in files:
+                        io.write(f"{name}/{key}", parts)
+                    del cols[name]
+    if cols:  # appending (or zarr refused the direct path): zarr writes these
+        _write_with_zarr(io.url, cols, exists, start, end)
+    # Last: a store's row count is the shape of signals.
+    grow(io, "signals", (end, 12, window))
+
+
+def _write_with_zarr(url: str, cols: dict, exists: dict, start: int, end: int) -> None:
+    """Rows [start, end) of metadata arrays through zarr: existing ones resized, missing ones made."""
+    import zarr
+
+    group = zarr.open_group(url, mode="r+")
+    async_group = getattr(group, "_async_group", None)
+
+    async def one(name, values):
+        shape = (end, *values.shape[1:])
+        if exists[name]:
+            arr = await async_group.getitem(name)
+            await arr.resize(shape)
+        else:
+            arr = await async_group.create_array(name, **meta_spec(name, end))
+        if end > start:
+            await arr.setitem(slice(start, end), values)
+
+    def one_sync(name, values):
+        if exists[name]:
+            arr = group[name]
+            arr.resize((end, *values.shape[1:]))
+        else:
+            arr = group.create_array(name, **meta_spec(name, end))
+        if end > start:
+            arr[start:end] = values
+
+    _on_zarr_loop([lambda name=name, v=v: one(name, v) for name, v in cols.items()]
+                  if async_group is not None else None,
+                  [lambda name=name, v=v: one_sync(name, v) for name, v in cols.items()])
+
+
+def grow(io: StoreIO, name: str, shape: tuple[int, ...]) -> None:
+    """Set the shape of array ``name`` to ``shape`` (not smaller than its shape) in its zarr.json, as
+    zarr's resize does when an array grows (it only rewrites zarr.json then), without its ~2 ms."""
+    meta = json.loads(io.read(f"{name}/zarr.json"))
+    if len(shape) != len(meta["shape"]) or any(a < b for a, b in zip(shape, meta["shape"])):
+        raise ValueError(f"shape: expected at least {meta['shape']} for {name}, got {list(shape)}")
+    write_node(io, name, meta, shape=list(shape))
+
+
+def _on_zarr_loop(coroutines, fallbacks) -> None:
+    """Run zarr operations concurrently on zarr's own event loop (about half the time of one after
+    the other: each waits on a file write); the sequential public API if zarr moved its helpers
+    (``coroutines`` None)."""
+    try:
+        from zarr.core.sync import sync
+        if coroutines is None:
+            raise ImportError("zarr's async internals moved")
+    except ImportError:
+        for f in fallbacks:
+            f()
+        return
+
+    async def gather():
+        await asyncio.gather(*[make() for make in coroutines])
+
+    sync(gather())

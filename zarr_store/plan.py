@@ -1,0 +1,200 @@
+"""Which records a conversion converts, which rows they get, and how their shard tasks run.
+
+``select_records`` drops, before anything is read, the records the store already holds (same
+``(source, record_id)``, see zarr_store.sources) and PTB-XL's lower-rate copies of an ECG whose
+higher-rate file is converted too or already stored. ``Plan`` then assigns rows in record order as
+inspections arrive and hands out each shard's task as soon as its rows are known; ``run_streaming``
+(in-process) and ``run_parallel`` (processes, Dask) run them.
+"""
+
+from __future__ import annotations
+
+import bisect
+from dataclasses import dataclass
+
+from zarr_store.records import BadRecord, PlannedRecord, inspect_record, release_cache
+from zarr_store.runner import Runner
+from zarr_store.sources import Located, SourceTree
+from zarr_store.tasks import ShardTask, run_shard_task
+
+ALREADY = "already in store"
+DUPLICATE = "duplicate (same ecg_id at another rate)"
+BATCH = 256  # records per inspection task
+
+
+@dataclass
+class Selection:
+    """Records to convert, as inspection batches ``(source index, root, names, rate, window,
+    min_seconds)`` in record order; ``located[(source index, name)]``; the records skipped before
+    inspection (duplicates, reported) and the count of those already in the store (not reported)."""
+
+    batches: list[tuple]
+    located: dict[tuple[int, str], Located]
+    duplicates: list[BadRecord]
+    already: int
+
+    @property
+    def n_records(self) -> int:
+        return sum(len(b[2]) for b in self.batches)
+
+
+def select_records(roots: list, names: list[list[str]], trees: list[SourceTree], stored: set[tuple[str, str]],
+                   rate: int, window: int, min_seconds: float) -> Selection:
+    """What to convert of the ``names`` found in each root, given the ``stored`` (source, record_id)
+    pairs. Within one conversion a record reached through two roots is converted once."""
+    located, table_names = {}, {}
+    for s, tree in enumerate(trees):
+        for name in names[s]:
+            loc = tree.locate(name)
+            located[(s, name)] = loc
+            if loc.table is not None:
+                table_names.setdefault(id(loc.table), set()).add(loc.table_name)
+    seen, duplicates, already, batches = set(stored), [], 0, []
+    for s, root in enumerate(roots):
+        keep = []
+        for name in names[s]:
+            loc = located[(s, name)]
+            key = (loc.source, loc.record_id)
+            if key in seen:
+                already += 1
+                continue
+            hr = _higher_rate(loc, table_names, seen)
+            if hr is not None:
+                duplicates.append(BadRecord(s, name, DUPLICATE, f"{hr} holds the same ECG at a higher rate"))
+                continue
+            seen.add(key)
+            keep.append(name)
+        batches += [(s, str(root), keep[i : i + BATCH], rate, window, min_seconds)
+                    for i in range(0, len(keep), BATCH)]
+    return Selection(batches, located, duplicates, already)
+
+
+def _higher_rate(loc: Located, table_names: dict, seen: set) -> str | None:
+    """The higher-rate file of this record's ECG when this record is PTB-XL's lower-rate copy and that
+    file is converted now or already stored; else None."""
+    if loc.table is None or not loc.table.low_rate:
+        return None
+    lr = loc.table_name
+    hr = loc.table.low_rate.get(lr)
+    if hr is None:
+        return None
+    if hr in table_names.get(id(loc.table), ()):
+        return hr
+    if loc.record_id.endswith(lr):  # the stored id of the higher-rate file: same folder, its name
+        if (loc.source, loc.record_id[: len(loc.record_id) - len(lr)] + hr) in seen:
+            return hr
+    return None
+
+
+def inspect_batch(args) -> list:
+    source, root, names, rate, window, min_seconds = args
+    return [inspect_record(source, root, name, rate, window, min_seconds) for name in names]
+
+
+class Plan:
+    """Rows assigned in record order as inspections arrive; hands out each shard's task as soon as
+    every row of the shard is assigned. A shard whose marker exists with the same task digest is
+    skipped (resume)."""
+
+    def __init__(self, url, conv_id, start, opts, located: dict[tuple[int, str], Located]):
+        self.url, self.conv_id, self.start, self.opts, self.located = url, conv_id, start, opts, located
+        self.records: list[PlannedRecord] = []
+        self.sources: list[str] = []
+        self.record_ids: list[str] = []
+        self.first_rows: list[int] = []
+        self.bad: list[BadRecord] = []
+        self.next_row = start
+        self.next_shard = start // opts.shard_size
+        self.results: list[dict] = []
+        self.written = self.resumed = 0
+
+    def add(self, r: PlannedRecord | BadRecord) -> PlannedRecord | None:
+        if isinstance(r, BadRecord):
+            self.bad.append(r)
+            return None
+        loc = self.located[(r.source, r.record_id)]
+        row = loc.ptbxl_row()
+        if row is not None:  # PTB-XL's table wins over header comments
+            r = r.with_meta(row.age, row.sex, row.labels, row.strat_fold)
+        self.records.append(r)
+        self.sources.append(loc.source)
+        self.record_ids.append(loc.record_id)
+        self.first_rows.append(self.next_row)
+        self.next_row += r.n_windows
+        return r
+
+    def ready(self, final: bool = False) -> list[ShardTask]:
+        """Tasks of the shards completed so far (all remaining shards when ``final``)."""
+        size, tasks = self.opts.shard_size, []
+        last = -(-self.next_row // size) if final else self.next_row // size
+        while self.next_shard < last:
+            k = self.next_shard
+            lo, hi = k * size, min((k + 1) * size, self.next_row)
+            a = max(bisect.bisect_right(self.first_rows, lo) - 1, 0)
+            b = bisect.bisect_left(self.first_rows, hi)
+            tasks.append(ShardTask(self.url, self.conv_id, k, size, lo, hi, self.start, self.opts.rate,
+                                   self.opts.window, self.opts.codec, tuple(self.records[a:b]),
+                                   tuple(self.first_rows[a:b])))
+            self.next_shard += 1
+        return tasks
+
+    def is_done(self, task: ShardTask, done: dict) -> bool:
+        marker = done.get(task.shard)
+        if marker is not None and marker.get("digest") == task.digest:
+            self.results.append(marker)
+            self.resumed += 1
+            return True
+        return False
+
+    def finished(self, result: dict) -> None:
+        self.results.append(result)
+        self.written += 1
+
+
+def _records_ending(task: ShardTask) -> int:
+    return sum(first + r.n_windows <= task.row_end for r, first in zip(task.records, task.first_rows)
+               if first + r.n_windows > task.row_start)
+
+
+def run_streaming(plan: Plan, batches, done: dict, bar) -> None:
+    """In-process: inspect records in order and write each shard as soon as its rows are known, while
+    its records' samples are still in memory (records.py keeps what inspection read), so each
+    signal file is read once."""
+    for source, root, names, rate, window, min_seconds in batches:
+        for name in names:
+            r = plan.add(inspect_record(source, root, name, rate, window, min_seconds, keep=True))
+            if r is None:
+                bar.update(1)
+            for task in plan.ready():
+                _run_one(plan, task, done, bar)
+    for task in plan.ready(final=True):
+        _run_one(plan, task, done, bar)
+    release_cache()
+
+
+def _run_one(plan: Plan, task: ShardTask, done: dict, bar) -> None:
+    if not plan.is_done(task, done):
+        plan.finished(run_shard_task(task))
+    bar.update(_records_ending(task))
+    for r, first in zip(task.records, task.first_rows):
+        if first + r.n_windows <= task.row_end:
+            release_cache(r.path)
+
+
+def run_parallel(plan: Plan, batches, done: dict, bar, runner: Runner) -> None:
+    """Inspect everything in parallel, then run the shard tasks in parallel (any order)."""
+    for results in runner.map(inspect_batch, batches):
+        for r in results:
+            if plan.add(r) is None:
+                bar.update(1)
+    tasks = plan.ready(final=True)
+    todo = []
+    for task in tasks:
+        if plan.is_done(task, done):
+            bar.update(_records_ending(task))
+        else:
+            todo.append(task)
+    ending = {t.shard: _records_ending(t) for t in todo}
+    for result in runner.as_completed(run_shard_task, todo):
+        plan.finished(result)
+        bar.update(ending[result["shard"]])
