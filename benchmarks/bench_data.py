@@ -10,9 +10,14 @@ not skew them; wall-clock rates are in ``ecg_s_wall``. Measured:
   crop 2250, z-score, two per-lead masks at 0.75): ``crema_fast.data.preprocess`` + ``make_views`` on
   batches of 256 in memory, pinned to one core, Numba on one thread; both filter precisions;
 - the same work per record in scipy (resample_poly + sosfiltfilt + crop + z-score + numpy argsort masks);
-- torch_ecg's preprocessing where it is installed (it is not installed here: reported as absent);
+- torch_ecg's preprocessing per record where it is installed (its numpy ``PreprocManager``: ``Resample`` to
+  250 Hz where needed, ``BandPass`` 0.67-40 Hz Butterworth order 5, ``Normalize`` z-score; then the same crop
+  and numpy masks as the scipy peer); reported as absent, with the reason, where it does not import
+  (a plain ``pip install torch-ecg`` would downgrade pandas; ``--no-deps`` plus its import-time
+  dependencies works);
 - the whole loader (``ECGLoader``, batches of 256, fully random order) with 0 workers (one core) and 1 and
-  2 worker processes, against a scipy loader (the same reader, then the scipy pipeline per record);
+  2 persistent worker processes, against a scipy loader (the same reader, then the scipy pipeline per
+  record);
 - Numba's compile time (first call in a fresh process with an empty cache) and the cache-load time,
   separately: neither is part of any rate.
 Rows are appended to benchmarks/results/data.jsonl.
@@ -20,7 +25,6 @@ Rows are appended to benchmarks/results/data.jsonl.
 
 from __future__ import annotations
 
-import importlib.util
 import os
 import subprocess
 import sys
@@ -36,7 +40,7 @@ from scipy import signal as sps
 
 from crema_fast.data import DataConfig, ECGLoader, MaskConfig, filters, make_views
 from crema_fast.data.preprocess import preprocess
-from harness import print_table, record, summarize
+from harness import cpu_seconds, print_table, record, summarize
 from zarr_store.reader import StoreReader
 
 DATA = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "ptbxl" / "records500"
@@ -59,21 +63,14 @@ def cores(n: int):
         numba.set_num_threads(threads)
 
 
-def _cpu() -> float:
-    import resource
-
-    child = resource.getrusage(resource.RUSAGE_CHILDREN)
-    return time.process_time() + child.ru_utime + child.ru_stime
-
-
 def _measure(fn, n_ecg: int, repeat: int, warmup: int = 1) -> dict:
     for _ in range(warmup):
         fn()
     cpu, wall = [], []
     for _ in range(repeat):
-        c0, w0 = _cpu(), time.perf_counter()
+        c0, w0 = cpu_seconds(), time.perf_counter()
         fn()
-        cpu.append(n_ecg / (_cpu() - c0))
+        cpu.append(n_ecg / (cpu_seconds() - c0))
         wall.append(n_ecg / (time.perf_counter() - w0))
     s = summarize(cpu)
     return {"ecg_s": s["median"], "ecg_s_min": s["min"], "ecg_s_max": s["max"], "ecg_s_iqr": s["iqr"],
@@ -129,6 +126,39 @@ def scipy_pipeline(signals: np.ndarray, rate: int, cfg: DataConfig, rng: np.rand
     return np.stack(out), masks
 
 
+def _torch_ecg():
+    """torch_ecg's per-record pipeline factory and its version, or (None, why it is absent)."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            import torch_ecg
+            from torch_ecg._preprocessors import BandPass, Normalize, PreprocManager, Resample
+    except Exception as err:  # noqa: BLE001 - any import failure means "absent", with its reason
+        return None, f"absent: {type(err).__name__}: {err}"
+
+    def make(rate: int, cfg: DataConfig):
+        steps = [Resample(fs=cfg.model_rate)] if rate != cfg.model_rate else []
+        steps += [BandPass(lowcut=cfg.highpass, highcut=cfg.lowpass, filter_type="butter",
+                           filter_order=cfg.filter_order), Normalize(method="z-score")]
+        return PreprocManager(*steps)
+
+    return make, f"torch_ecg {torch_ecg.__version__}"
+
+
+def torch_ecg_pipeline(ppm, signals: np.ndarray, rate: int, cfg: DataConfig, rng: np.random.Generator) -> list:
+    """torch_ecg's preprocessing per record, then the scipy peer's crop and numpy masks (the same work)."""
+    P = MASK.n_patches(cfg.crop)
+    out = []
+    for x in signals:
+        v, _ = ppm(x.astype(np.float32), rate)
+        s = int(rng.integers(0, v.shape[-1] - cfg.crop + 1))
+        out.append(np.ascontiguousarray(v[:, s:s + cfg.crop], dtype=np.float32))
+        for _ in range(2):
+            ids_shuffle = np.argsort(rng.random((12, P)), axis=-1)
+            np.argsort(ids_shuffle, axis=-1)
+    return out
+
+
 def _compile_times(tmp: Path) -> dict:
     """First call (compile) and cache-load times of the kernels in fresh processes with an empty cache."""
     code = (
@@ -154,9 +184,14 @@ def _compile_times(tmp: Path) -> dict:
 
 
 def _loader_epochs(path: Path, cfg: DataConfig, workers: int, epochs: int = 2) -> dict:
+    """Whole epochs after a first one (which starts the persistent workers); CPU-seconds include the
+    live workers'."""
     loader = ECGLoader(str(path), cfg, MASK, BATCH, seed=0, workers=workers, pin=False)
     n = len(loader) * BATCH
-    return _measure(lambda: [None for _ in loader], n, repeat=epochs, warmup=1)
+    try:
+        return _measure(lambda: [None for _ in loader], n, repeat=epochs, warmup=1)
+    finally:
+        loader.close()
 
 
 def test_bench_data(benchmark, tmp_path):
@@ -170,10 +205,10 @@ def test_bench_data(benchmark, tmp_path):
                  "compile_s": comp["compile_default_s"], "cache_load_s": comp["cache_load_default_s"]})
     rows.append({"stage": "compile", "path": "numba: all (both precisions, parallel + serial, 500/250 Hz)",
                  "compile_s": comp["compile_all_s"], "cache_load_s": comp["cache_load_all_s"]})
-    torch_ecg = importlib.util.find_spec("torch_ecg") is not None
-    if not torch_ecg:
-        print("torch_ecg is not installed: its preprocessing is not measured (absent)")
-    rows.append({"stage": "preprocess", "path": "torch_ecg", "status": "installed" if torch_ecg else "absent"})
+    make_ppm, torch_ecg_status = _torch_ecg()
+    if make_ppm is None:
+        print(f"torch_ecg: its preprocessing is not measured ({torch_ecg_status})")
+        rows.append({"stage": "preprocess", "path": "torch_ecg per record", "status": torch_ecg_status})
 
     with cores(1):
         for rate, x in inputs.items():
@@ -182,6 +217,11 @@ def test_bench_data(benchmark, tmp_path):
             rng = np.random.default_rng(0)
             peer = _measure(lambda: scipy_pipeline(x[:32], rate, DataConfig(), rng), 32, repeat=3)
             rows.append({"stage": "preprocess", "path": "scipy per record", "store_hz": rate, **peer})
+            if make_ppm is not None:
+                ppm = make_ppm(rate, DataConfig())
+                tecg = _measure(lambda: torch_ecg_pipeline(ppm, x[:32], rate, DataConfig(), rng), 32, repeat=3)
+                rows.append({"stage": "preprocess", "path": "torch_ecg per record", "store_hz": rate, **tecg,
+                             "x_scipy": tecg["ecg_s"] / peer["ecg_s"], "status": torch_ecg_status})
             for prec in ("float64", "float32"):
                 cfg = DataConfig(precision=prec)
 
@@ -192,6 +232,8 @@ def test_bench_data(benchmark, tmp_path):
                 r = _measure(numba_batch, BATCH, repeat=7)
                 rows.append({"stage": "preprocess", "path": f"numba ({prec} state)", "store_hz": rate, **r,
                              "x_scipy": r["ecg_s"] / peer["ecg_s"]})
+                if make_ppm is not None:
+                    rows[-1]["x_torch_ecg"] = r["ecg_s"] / tecg["ecg_s"]
         benchmark.pedantic(lambda: preprocess(inputs[500], np.ones((BATCH, 12), bool), np.full(BATCH, 5000), 500,
                                               DataConfig(), rng=np.random.default_rng(0)), rounds=3, iterations=1)
 
@@ -218,11 +260,11 @@ def test_bench_data(benchmark, tmp_path):
         with cores(2):
             for rate, path in stores.items():
                 r = _loader_epochs(path, DataConfig(), workers)
-                # per core: CPU-seconds of the main process and the workers together (each epoch forks
-                # its workers, and each batch crosses processes through shared memory)
+                # per core: CPU-seconds of the main process and the workers together (the workers write
+                # into a reused shared-memory ring; the main process copies each batch out of it)
                 rows.append({"stage": "loader", "path": "ECGLoader (float32 state)", "store_hz": rate,
                              "workers": workers, **r, "x_scipy": r["ecg_s"] / peers[rate]})
     print_table("data path, ECG/s per core (CPU-second)", rows,
                 ["stage", "path", "store_hz", "workers", "ecg_s", "ecg_s_min", "ecg_s_max", "ecg_s_wall", "x_scipy",
-                 "compile_s", "cache_load_s", "status"])
+                 "x_torch_ecg", "compile_s", "cache_load_s", "status"])
     record("data", rows)

@@ -31,7 +31,7 @@ import numpy as np
 import pytest
 import zarr
 
-from harness import print_table, record, summarize
+from harness import cpu_seconds, print_table, record, summarize
 from zarr_store.reader import StoreReader, _undelta_rows
 
 DATA = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "ptbxl"
@@ -67,23 +67,13 @@ def _archive(root: Path, heads: list[Path]) -> Path:
     return root
 
 
-def _cpu() -> float:
-    """CPU seconds of this process and its finished children. Per-core rates are ECG per CPU-second:
-    on a shared machine, time spent descheduled by other processes does not count (wall-clock
-    rates are recorded beside them)."""
-    import resource
-
-    child = resource.getrusage(resource.RUSAGE_CHILDREN)
-    return time.process_time() + child.ru_utime + child.ru_stime
-
-
 class _Timings(list):
     """(cpu, wall) seconds per run."""
 
     def add(self, fn, *args):
-        c0, w0 = _cpu(), time.perf_counter()
+        c0, w0 = cpu_seconds(), time.perf_counter()
         result = fn(*args)
-        self.append((_cpu() - c0, time.perf_counter() - w0))
+        self.append((cpu_seconds() - c0, time.perf_counter() - w0))
         return result
 
     @property

@@ -85,6 +85,28 @@ def summarize(samples: list[float]) -> dict[str, float]:
     return {"median": median(s), "min": s[0], "max": s[-1], "iqr": q(0.75) - q(0.25), "n": len(s)}
 
 
+def cpu_seconds() -> float:
+    """CPU seconds (user + system) of this process, its finished children and its live ones (e.g.
+    persistent DataLoader workers). Per-core rates are work per CPU-second: on a shared machine, time
+    spent descheduled by other processes does not count (record wall-clock rates beside them)."""
+    import resource
+
+    done = resource.getrusage(resource.RUSAGE_CHILDREN)
+    total = time.process_time() + done.ru_utime + done.ru_stime
+    try:
+        import psutil
+
+        for child in psutil.Process().children(recursive=True):
+            try:
+                t = child.cpu_times()
+                total += t.user + t.system
+            except psutil.Error:  # exited meanwhile: counted in RUSAGE_CHILDREN once reaped
+                pass
+    except ImportError:
+        pass
+    return total
+
+
 def time_call(fn, *, repeat: int = 5, warmup: int = 1) -> list[float]:
     """Wall-clock seconds of ``fn()`` over ``repeat`` runs after ``warmup`` runs (CPU timings)."""
     for _ in range(warmup):

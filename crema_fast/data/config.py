@@ -73,8 +73,8 @@ class MaskConfig:
 
     ratio: fraction of patches removed per lead; K = P - round(ratio * P) are kept (Python's round).
     mode: "lead" = each lead keeps K patches at independent random positions (default);
-    "time" = the same K positions for all leads of a record; "block" = each lead keeps one contiguous run of
-    K patches at a random start, so the removed patches form contiguous blocks before and after it.
+    "time" = the same K positions for all leads of a record; "block" = the removed patches of each lead form
+    one contiguous block of P - K patches at a uniform random start (the K kept ones lie before and after it).
     """
 
     ratio: float = 0.75

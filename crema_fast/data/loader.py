@@ -1,11 +1,19 @@
 """ECGLoader: store -> preprocessed, doubly masked batches, deterministic and resumable.
 
-A batch is the unit of work everywhere: a map-style dataset returns batch ``i`` of the current epoch (one
+A batch is the unit of work everywhere: a map-style dataset returns batch ``i`` of epoch ``e`` (one
 ``StoreReader.read`` of its rows, then the Numba pipeline and the masks on the whole batch), and torch's
-DataLoader runs it with ``batch_size=None`` over the batch numbers still due this epoch, in 0, 1 or more
-worker processes. Everything random about batch i (its rows, crops, masks) is a function of
+DataLoader runs it with ``batch_size=None`` over the (e, i) still due this epoch, in 0, 1 or more worker
+processes. Everything random about batch i (its rows, crops, masks) is a function of
 (seed, epoch, rank, i) alone, so the batches are identical whatever the number of workers and a resumed
 run continues with exactly the batches the interrupted one would have produced.
+
+Workers are persistent (started once per loader, not per epoch): the sampler, which runs in the main
+process, hands each worker the epoch with the batch number, so a worker never depends on state set after
+it started. They write each batch into a slot of a ring of shared-memory buffers allocated once (fresh
+shared memory per batch cost ~60 µs per ECG in page faults and file handles); the slot travels with the
+batch number, and the main process copies the batch out of its slot (into page-locked memory when
+pinning) before the slot is handed out again, so the batches it yields are ordinary tensors that stay
+valid however long they are kept. ``len(ring)`` = batches in flight + 2 (see ``_Ring``).
 
 Epoch order (per epoch, from (seed, epoch)): "random" = a permutation of all rows, rank r takes every
 world_size-th row; "shard" = the store's shards in a random order, rows shuffled within buffers of
@@ -71,6 +79,7 @@ class _EpochBatches(Dataset):
         self.n_patches = mask.n_patches(data.crop)
         mask.n_keep(self.n_patches)
         self.epoch = 0
+        self.ring: _Ring | None = None  # set by the loader before its workers start
         self._rows_epoch: int | None = None
         self._rows: np.ndarray | None = None
 
@@ -90,7 +99,11 @@ class _EpochBatches(Dataset):
             return per_rank // self.batch_size
         return -(-per_rank // self.batch_size)
 
-    def __getitem__(self, i: int) -> Batch:
+    def __getitem__(self, key) -> Batch | tuple[int, int]:
+        """``i`` (batch i of ``self.epoch``) -> a Batch of new tensors; ``(epoch, i, slot)`` (from the
+        sampler, in a worker) -> batch i of ``epoch`` written into ring slot ``slot``, returns (slot, B)."""
+        epoch, i, slot = (self.epoch, key, None) if isinstance(key, (int, np.integer)) else key
+        self.epoch = int(epoch)
         if not 0 <= i < len(self):
             raise IndexError(f"batch {i} out of range [0, {len(self)})")
         rows = self.rows()[i * self.batch_size:(i + 1) * self.batch_size]
@@ -101,22 +114,19 @@ class _EpochBatches(Dataset):
         starts = crop_starts(n_model, self.data.crop, rng, self.train)
         n_leads = rb.signals.shape[1]
         P, K = self.n_patches, self.mask.n_keep(self.n_patches)
-        # In a worker, write straight into shared memory: torch would otherwise copy every tensor there to
-        # send it to the main process (30 MB per batch of 256 for the signal alone).
-        new = _shared_empty if torch.utils.data.get_worker_info() is not None else _empty
-        signal = new((B, n_leads, self.data.crop), torch.float32)
-        ids_keep = new((2, B, n_leads, K), torch.int64)
-        mask = new((2, B, n_leads, P), torch.float32)
-        ids_restore = new((2, B, n_leads, P), torch.int64)
+        if slot is None:
+            b = Batch(signal=_empty((B, n_leads, self.data.crop), torch.float32),
+                      ids_keep=_empty((2, B, n_leads, K), torch.int64), mask=_empty((2, B, n_leads, P), torch.float32),
+                      ids_restore=_empty((2, B, n_leads, P), torch.int64), lead_mask=_empty((B, n_leads), torch.bool),
+                      index=_empty((B,), torch.int64))
+        else:
+            b = self.ring.slot(slot, B)
         preprocess(rb.signals, rb.lead_mask, rb.valid_length, self.reader.rate, self.data, starts=starts,
-                   train=self.train, parallel=self.parallel, out=signal.numpy())
-        make_views(rng, B, n_leads, P, self.mask, out=(ids_keep.numpy(), mask.numpy(), ids_restore.numpy()))
-        lead_mask = new((B, n_leads), torch.bool)
-        lead_mask.numpy()[...] = rb.lead_mask
-        index = new((B,), torch.int64)
-        index.numpy()[...] = rows
-        return Batch(signal=signal, ids_keep=ids_keep, mask=mask, ids_restore=ids_restore, lead_mask=lead_mask,
-                     index=index)
+                   train=self.train, parallel=self.parallel, out=b.signal.numpy())
+        make_views(rng, B, n_leads, P, self.mask, out=(b.ids_keep.numpy(), b.mask.numpy(), b.ids_restore.numpy()))
+        b.lead_mask.numpy()[...] = rb.lead_mask
+        b.index.numpy()[...] = rows
+        return b if slot is None else (int(slot), B)
 
     def _signal_buffer(self, B: int) -> np.ndarray:
         """The int16 read buffer, reused across batches (fresh memory for every read costs page faults)."""
@@ -136,11 +146,70 @@ def _empty(shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:
     return torch.empty(shape, dtype=dtype)
 
 
-def _shared_empty(shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:
-    """An uninitialized tensor in shared memory (as torch's default_collate allocates in workers)."""
-    numel = int(np.prod(shape))
-    storage = torch.empty(0, dtype=dtype)._typed_storage()._new_shared(numel, device="cpu")
-    return torch.empty(0, dtype=dtype).new(storage).view(shape)
+class _Ring:
+    """Batch buffers in shared memory, one per slot, allocated once in the main process before the workers
+    start (they inherit the mapping). A slot is busy from the moment the sampler hands it out with a batch
+    number until the main process has copied that batch out. torch's DataLoader hands out the next batch
+    number while it returns a batch (before that one is copied), and keeps ``in_flight`` = workers x
+    prefetch batches dispatched and not yet returned: at a hand-out at most ``in_flight`` slots are busy, so
+    ``in_flight + 1`` slots suffice (the loader allocates ``in_flight + 2``; running out would raise
+    IndexError, never overwrite a batch)."""
+
+    _DTYPES = {"signal": torch.float32, "ids_keep": torch.int64, "mask": torch.float32,
+               "ids_restore": torch.int64, "lead_mask": torch.bool, "index": torch.int64}
+
+    def __init__(self, slots: int, batch_size: int, n_leads: int, crop: int, P: int, K: int):
+        self.dims = (n_leads, crop, P, K)
+        # each slot of each field is flat, so that a partial last batch is a contiguous prefix of it
+        self.flat = {name: torch.empty((slots, int(np.prod(self.shape(name, batch_size)))), dtype=dtype
+                                       ).share_memory_() for name, dtype in self._DTYPES.items()}
+        self.free = list(range(slots))
+
+    def shape(self, name: str, B: int) -> tuple[int, ...]:
+        """The Batch field's shape for B rows."""
+        L, C, P, K = self.dims
+        return {"signal": (B, L, C), "ids_keep": (2, B, L, K), "mask": (2, B, L, P), "ids_restore": (2, B, L, P),
+                "lead_mask": (B, L), "index": (B,)}[name]
+
+    def __len__(self) -> int:
+        return len(self.flat["index"])
+
+    def slot(self, s: int, B: int) -> Batch:
+        """Views of slot ``s`` holding a batch of ``B`` rows (C-contiguous)."""
+        views = {}
+        for name in self._DTYPES:
+            shp = self.shape(name, B)
+            views[name] = self.flat[name][s, :int(np.prod(shp))].view(shp)
+        return Batch(**views)
+
+    def take(self, s: int, B: int, pin: bool) -> Batch:
+        """Batch in slot ``s`` copied out (into page-locked memory when ``pin``), the slot freed."""
+        view = self.slot(s, B)
+        if pin and torch.cuda.is_available():
+            out = view.pin()
+        else:  # numpy's copy: torch's clone ran on its intra-op threads at 10x the CPU time here
+            out = view._map(lambda t: torch.from_numpy(t.numpy().copy()))
+        self.free.append(s)
+        return out
+
+
+class _Sampler:
+    """(epoch, batch number, ring slot) for every batch still due this epoch; runs in the main process,
+    lazily, as torch's DataLoader dispatches work (so a slot is taken only when a batch is dispatched)."""
+
+    def __init__(self, ring: _Ring):
+        self.ring, self.epoch, self.start, self.stop = ring, 0, 0, 0
+
+    def __len__(self) -> int:
+        return self.stop - self.start
+
+    def __iter__(self):
+        for i in range(self.start, self.stop):
+            yield self.epoch, i, self.ring.free.pop()
+
+
+def _identity(x):
+    return x
 
 
 def _worker_init(_worker_id: int) -> None:
@@ -153,7 +222,8 @@ class ECGLoader:
 
     store: a path / fsspec URL or a ``zarr_store.reader.StoreReader``; data / mask: the configs;
     batch_size: ECGs per batch; seed: the run's seed; rank / world_size: this process's DDP position;
-    workers: DataLoader worker processes (0 = in this process, the kernels on Numba's threads);
+    workers: DataLoader worker processes, started on the first pass and kept for the loader's life
+    (``close()`` stops them) (0 = in this process, the kernels on Numba's threads);
     train: random crops and shuffled order (False: store order, centre crops); order: "random" | "shard";
     drop_last: only full batches, the same count on every rank; buffer_shards: shards mixed together in
     "shard" order; prefetch: batches each worker prepares ahead; pin: page-locked tensors (default: when
@@ -197,6 +267,7 @@ class ECGLoader:
                                      int(buffer_shards), parallel=self.workers == 0)
         self.epoch = 0
         self._position = 0
+        self._loader: DataLoader | None = None
         self._warm_up()
 
     def _warm_up(self) -> None:
@@ -218,6 +289,32 @@ class ECGLoader:
             self.epoch = int(epoch)
             self._position = 0
 
+    def _from_workers(self, start: int, n: int):
+        """Batches start..n-1 of the current epoch from the persistent workers (started on first use)."""
+        if self._loader is None:
+            K = self.mask.n_keep(self.dataset.n_patches)
+            n_leads = int(self.reader.shape[1])
+            ring = _Ring(self.workers * self.prefetch + 2, self.batch_size, n_leads, self.data.crop,
+                         self.dataset.n_patches, K)
+            self.dataset.ring = ring
+            self._sampler = _Sampler(ring)
+            self._loader = DataLoader(self.dataset, batch_size=None, sampler=self._sampler,
+                                      num_workers=self.workers, collate_fn=_identity, worker_init_fn=_worker_init,
+                                      prefetch_factor=self.prefetch, persistent_workers=True)
+        ring = self.dataset.ring
+        # Slots of batches an abandoned pass left in flight: torch drains those before dispatching anew.
+        ring.free = list(range(len(ring)))
+        self._sampler.epoch, self._sampler.start, self._sampler.stop = self.epoch, start, n
+        for slot, B in self._loader:
+            yield ring.take(slot, B, self.pin)
+
+    def close(self) -> None:
+        """Stop the worker processes (they also stop when the loader is garbage-collected)."""
+        loader, self._loader = self._loader, None
+        it = getattr(loader, "_iterator", None)
+        if it is not None and hasattr(it, "_shutdown_workers"):
+            it._shutdown_workers()
+
     def state_dict(self) -> dict:
         """The position within the epoch (batches already yielded) and what it depends on."""
         return {"epoch": self.epoch, "position": self._position, "seed": self.seed, "rank": self.rank,
@@ -227,7 +324,12 @@ class ECGLoader:
     def load_state_dict(self, state: dict) -> None:
         """Continue where ``state`` was taken; the loader must be built over the same store and settings."""
         mine = self.state_dict()
-        for key in ("seed", "world_size", "batch_size", "order", "train", "drop_last", "rows"):
+        # The order of an epoch is a function of (seed, rank, world_size): a position saved under other
+        # values would silently continue a different sequence of rows, so these must be present and equal.
+        for key in ("seed", "rank", "world_size"):
+            if key not in state:
+                raise ConfigError(f"load_state_dict: {key}: expected {mine[key]!r}, got no {key!r} in the state")
+        for key in ("seed", "rank", "world_size", "batch_size", "order", "train", "drop_last", "rows"):
             if key in state and state[key] != mine[key]:
                 raise ConfigError(f"load_state_dict: {key} differs: expected {mine[key]!r}, got {state[key]!r}")
         position = int(state["position"])
@@ -248,9 +350,7 @@ class ECGLoader:
             if self.pin:
                 source = (b.pin() for b in source)
         else:
-            source = DataLoader(self.dataset, batch_size=None, sampler=range(start, n), num_workers=self.workers,
-                                pin_memory=self.pin, worker_init_fn=_worker_init, prefetch_factor=self.prefetch,
-                                persistent_workers=False)
+            source = self._from_workers(start, n)
         for batch in source:
             self._position += 1
             yield batch

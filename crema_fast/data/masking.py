@@ -8,7 +8,8 @@ Outputs per (record, lead):
                                  (ascending)], so that ``take_along_axis(concat, ids_restore)`` restores
                                  time order (MAE's unshuffle)
 Modes: "lead" (independent positions per lead), "time" (the positions of lead 0 for all leads), "block"
-(each lead keeps one contiguous run of K patches at a uniform random start).
+(each lead loses one contiguous block of P - K patches at a uniform random start in [0, K]; the K kept
+patches are those before and after it).
 
 The draw is a partial Fisher-Yates shuffle in Numba over uniforms from a numpy Generator: K swaps per lead
 instead of an argsort of P random keys (about 9x faster), every K-subset equally likely.
@@ -37,10 +38,11 @@ def _masks(u, K, mode, ids_keep, mask, ids_restore):
                 ids_restore[b, ld] = ids_restore[b, 0]
                 continue
             kept[:] = False
-            if mode == 2:
-                s0 = min(int(u[b, ld, 0] * (P - K + 1)), P - K)
-                for i in range(K):
-                    kept[s0 + i] = True
+            if mode == 2:  # one removed block of P - K patches, start uniform over [0, K]
+                s0 = min(int(u[b, ld, 0] * (K + 1)), K)
+                kept[:] = True
+                for i in range(P - K):
+                    kept[s0 + i] = False
             else:
                 for i in range(P):
                     perm[i] = i

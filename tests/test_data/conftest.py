@@ -7,6 +7,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from tests.test_store.archives import copy_subset, ptbxl_names
+
 
 def read_ptbxl(shared_data: Path, n: int, rate: int = 500) -> np.ndarray:
     """The first ``n`` PTB-XL records at ``rate`` (500 or 100) as int16 µV (n, 12, T) (gain 1000/mV,
@@ -27,24 +29,14 @@ def ptbxl500(shared_data) -> np.ndarray:
 
 
 def _source_tree(shared_data: Path, root: Path, n_ptbxl: int, others: bool) -> list[Path]:
-    """A folder of symlinks to the first n_ptbxl PTB-XL records (+ the 4 other archives): convert's input
-    without copying the data."""
-    src = root / "ptbxl"
-    src.mkdir(parents=True)
-    folder = shared_data / "ptbxl" / "records500" / "00000"
-    for i in range(1, n_ptbxl + 1):
-        for ext in ("hea", "dat"):
-            (src / f"{i:05d}_hr.{ext}").symlink_to(folder / f"{i:05d}_hr.{ext}")
-    out = [src]
+    """convert's input without copying the data: symlinks to the first n_ptbxl PTB-XL records (+ the 4
+    other archives, each whole)."""
+    out = [copy_subset(shared_data / "ptbxl", root / "ptbxl", ptbxl_names(shared_data, n_ptbxl))]
     if others:
-        other = root / "other"
-        for db in sorted((shared_data / "other").iterdir()):
-            if db.is_dir():
-                (other / db.name).mkdir(parents=True)
-                for f in db.iterdir():
-                    if f.name != "RECORDS":
-                        (other / db.name / f.name).symlink_to(f)
-        out.append(other)
+        dbs = [db for db in sorted((shared_data / "other").iterdir()) if db.is_dir()]
+        names = sorted({f"{db.name}/{f.name.split('.')[0]}" for db in dbs for f in db.iterdir()
+                        if f.name != "RECORDS"})
+        out.append(copy_subset(shared_data / "other", root / "other", names))
     return out
 
 

@@ -91,10 +91,48 @@ def test_resume_mid_epoch_exactly(mixed_store):
         ECGLoader(mixed_store, DATA, MASK, 16, seed=2).load_state_dict(state)
 
 
+def test_resume_checks_seed_rank_and_world_size(store250):
+    state = ECGLoader(store250, DATA, MASK, 4, seed=2, rank=1, world_size=2).state_dict()
+    for kw, field, want, got in ((dict(seed=3, rank=1, world_size=2), "seed", 3, 2),
+                                 (dict(seed=2, rank=0, world_size=2), "rank", 0, 1),
+                                 (dict(seed=2, rank=1, world_size=3), "world_size", 3, 2)):
+        loader = ECGLoader(store250, DATA, MASK, 4, **kw)
+        with pytest.raises(ConfigError, match=f"{field} differs: expected {want}, got {got}"):
+            loader.load_state_dict(state)
+        missing = {k: v for k, v in state.items() if k != field}
+        with pytest.raises(ConfigError, match=field):
+            ECGLoader(store250, DATA, MASK, 4, seed=2, rank=1, world_size=2).load_state_dict(missing)
+    same = ECGLoader(store250, DATA, MASK, 4, seed=2, rank=1, world_size=2)
+    same.load_state_dict({**state, "position": 1})
+    assert same.state_dict()["position"] == 1
+
+
 def test_workers_give_identical_batches(mixed_store):
-    batches = {w: list(ECGLoader(mixed_store, DATA, MASK, 32, seed=8, workers=w)) for w in (0, 1, 2)}
-    assert len(batches[0]) == len(batches[1]) == len(batches[2]) > 0
+    # two epochs from persistent workers (the sampler carries the epoch), a partial last batch, and every
+    # batch kept while later ones are produced (the shared ring's slots must not leak into them)
+    batches = {}
+    for w in (0, 1, 2):
+        loader = ECGLoader(mixed_store, DATA, MASK, 32, seed=8, workers=w, drop_last=False)
+        batches[w] = list(loader) + list(loader)
+        if w:
+            workers = loader._loader._iterator._workers
+            assert all(p.is_alive() for p in workers)  # the same processes served both epochs
+        loader.close()
+    n = len(batches[0])
+    assert n == len(batches[1]) == len(batches[2]) > 0 and len(batches[0][n // 2 - 1]) < 32  # partial last
     assert all(_same(x, y) and _same(x, z) for x, y, z in zip(batches[0], batches[1], batches[2]))
+
+
+def test_workers_resume_after_an_abandoned_pass(mixed_store):
+    expected = list(ECGLoader(mixed_store, DATA, MASK, 32, seed=6))
+    loader = ECGLoader(mixed_store, DATA, MASK, 32, seed=6, workers=2, prefetch=2)
+    it = iter(loader)
+    first = [next(it) for _ in range(3)]
+    it.close()  # abandoned with batches in flight: the workers' leftovers are drained, the slots reused
+    rest = list(loader)
+    loader.close()
+    got = first + rest
+    assert len(got) == len(expected) and all(_same(x, y) for x, y in zip(got, expected))
 
 
 def test_batch_contents(mixed_store):

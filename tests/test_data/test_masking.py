@@ -49,9 +49,27 @@ def test_modes_structure():
     k, m, _ = make_masks(rng, 64, 12, 30, MaskConfig(mode="time"))
     assert np.all(m == m[:, :1])  # one pattern per record, all leads
     k, m, _ = make_masks(rng, 64, 12, 30, MaskConfig(mode="block"))
-    assert np.all(np.diff(k, axis=-1) == 1)  # one contiguous kept run per lead
+    removed = np.argsort(m, axis=-1, kind="stable")[..., 8:]  # the 22 removed positions, ascending
+    assert np.all(np.diff(removed, axis=-1) == 1)  # one contiguous removed block per lead
+    assert np.mean(np.all(m == m[:, :1], axis=(1, 2))) < 0.01  # at independent starts per lead
     k, m, _ = make_masks(rng, 64, 12, 30, MaskConfig(mode="lead"))
     assert np.mean(np.all(m == m[:, :1], axis=(1, 2))) < 0.01  # leads differ
+
+
+def test_block_start_uniform():
+    # the removed block of P - K = 22 patches starts at 0..K = 0..8, each equally likely (chi-square)
+    P, cfg = 30, MaskConfig(mode="block")
+    K = cfg.n_keep(P)
+    _, mask, _ = make_masks(np.random.default_rng(12), 4000, 12, P, cfg)
+    starts = np.argmax(mask == 1, axis=-1)
+    np.testing.assert_array_equal(mask.sum(-1), P - K)
+    q = np.arange(P)
+    expected_mask = (q >= starts[..., None]) & (q < starts[..., None] + P - K)  # exactly that block removed
+    np.testing.assert_array_equal(mask, expected_mask.astype(np.float32))
+    counts = np.bincount(starts.ravel(), minlength=K + 1).astype(float)
+    assert len(counts) == K + 1
+    expected = np.full(K + 1, counts.sum() / (K + 1))
+    assert stats.chi2.sf(((counts - expected) ** 2 / expected).sum(), df=K) > 1e-4
 
 
 def test_two_views_differ_and_are_seeded():

@@ -136,6 +136,25 @@ def test_parallel_and_serial_kernels_agree(ptbxl500):
                                   preprocess(x, lm, valid, 500, DataConfig(), parallel=False, **kw))
 
 
+def test_zscore_kernel_is_compiler_independent(ptbxl500):
+    # No fastmath reassociation: the compiled kernel gives bit for bit what its plain-Python body gives
+    # (the same summation order), and agrees with numpy's float64 z-score to float32 rounding.
+    from crema_fast.data.preprocess import _zscore_rows
+
+    x = ptbxl500[:6, :, :2250].astype(np.float32) * np.float32(0.731) + np.float32(12.5)
+    for m in (2250, 2249, 1003, 3):
+        for rows in (x[0], x[1, 4:5]):  # a record, and a single lead
+            jit, py = rows.copy(), rows.copy()
+            _zscore_rows(jit, m, FLAT_STD)
+            _zscore_rows.py_func(py, m, FLAT_STD)
+            np.testing.assert_array_equal(jit, py)
+            v = rows[:, :m].astype(np.float64)
+            ref = (v - v.mean()) / v.std() if v.std() > FLAT_STD else np.zeros_like(v)  # flat -> zeros
+            tol = 4 * np.finfo(np.float32).eps * max(np.abs(ref).max(), 1.0)
+            np.testing.assert_allclose(jit[:, :m], ref, rtol=0, atol=tol)
+            np.testing.assert_array_equal(jit[:, m:], rows[:, m:])  # past m: untouched
+
+
 def test_bad_arguments_and_configs(ptbxl500):
     x, lm, valid = _inputs(ptbxl500, 2)
     with pytest.raises(TypeError, match="signals"):

@@ -111,9 +111,13 @@ def _write_bad(root: Path, name: str, kind: str, length: int, fs: float, seed: i
         raise ValueError(f"kind: expected one of {BAD_KINDS}, got {kind!r}")
 
 
-def copy_subset(src_root: Path, dst_root: Path, names: list[str], extra_files=()) -> Path:
+def copy_subset(src_root: Path, dst_root: Path, names: list[str], extra_files=(), records_file: bool = False
+                ) -> Path:
     """Symlink ``names`` (record paths relative to ``src_root``) and ``extra_files`` into ``dst_root``,
-    keeping relative paths, so that a test converts a few real records without copying data."""
+    keeping relative paths, so that a test converts a few real records without copying data (the one
+    helper for this: the store, info and data tests all build their PTB-XL subsets with it).
+    records_file: also write a RECORDS file listing ``names`` (the converter then reads exactly those)."""
+    dst_root = Path(dst_root)
     for name in names:
         for f in Path(src_root).glob(f"{name}.*"):
             target = dst_root / f.relative_to(src_root)
@@ -123,7 +127,16 @@ def copy_subset(src_root: Path, dst_root: Path, names: list[str], extra_files=()
         target = dst_root / extra
         target.parent.mkdir(parents=True, exist_ok=True)
         target.symlink_to(Path(src_root) / extra)
+    if records_file:
+        dst_root.mkdir(parents=True, exist_ok=True)
+        (dst_root / "RECORDS").write_text("".join(f"{n}\n" for n in names))
     return dst_root
+
+
+def ptbxl_names(shared_data: Path, n: int) -> list[str]:
+    """The first ``n`` PTB-XL 500 Hz records of ``shared_data``, as paths relative to its ptbxl folder."""
+    heads = sorted((Path(shared_data) / "ptbxl" / "records500").glob("*/*_hr.hea"))[:n]
+    return [h.relative_to(Path(shared_data) / "ptbxl").with_suffix("").as_posix() for h in heads]
 
 
 def remove(path: Path) -> None:

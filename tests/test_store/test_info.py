@@ -4,7 +4,6 @@ PTB-XL database file, the converter's summary and the files on disk."""
 from __future__ import annotations
 
 import ast
-import shutil
 from collections import Counter
 from pathlib import Path
 
@@ -15,6 +14,7 @@ import zarr
 
 from crema_fast.cli import main
 from crema_fast.commands.info import describe, parse_labels
+from tests.test_store.archives import copy_subset, ptbxl_names
 from zarr_store.convert import convert
 from zarr_store.errors import BadArgumentError
 
@@ -27,23 +27,16 @@ def converted(shared_data: Path, tmp_path_factory) -> tuple[Path, object, list[i
     """A store converted from 30 PTB-XL 500 Hz records, one of them truncated. Returns (store, summary,
     ecg_ids of the converted records)."""
     src = shared_data / "ptbxl"
-    root = tmp_path_factory.mktemp("info") / "ptbxl"
-    heads = sorted((src / "records500").glob("*/*_hr.hea"))[:N_RECORDS]
-    for h in heads:
-        for f in (h, h.with_suffix(".dat")):
-            dst = root / f.relative_to(src)
-            dst.parent.mkdir(parents=True, exist_ok=True)
-            if h.stem == TRUNCATED:
-                shutil.copy(f, dst)
-            else:
-                dst.symlink_to(f)
+    names = ptbxl_names(shared_data, N_RECORDS)
+    root = copy_subset(src, tmp_path_factory.mktemp("info") / "ptbxl", names, ["ptbxl_database.csv"],
+                       records_file=True)
     dat = next(root.rglob(f"{TRUNCATED}.dat"))
-    dat.write_bytes(dat.read_bytes()[: dat.stat().st_size // 2])
-    (root / "ptbxl_database.csv").symlink_to(src / "ptbxl_database.csv")
-    (root / "RECORDS").write_text("".join(f"{h.relative_to(src).with_suffix('')}\n" for h in heads))
+    data = dat.read_bytes()
+    dat.unlink()  # a truncated copy in place of the symlink (the shared file stays intact)
+    dat.write_bytes(data[: len(data) // 2])
     store = root.parent / "s.zarr"
     summary = convert([root], store, shard_size=16, progress=False)
-    ids = [int(h.stem[:5]) for h in heads if h.stem != TRUNCATED]
+    ids = [int(Path(n).name[:5]) for n in names if Path(n).name != TRUNCATED]
     return store, summary, ids
 
 

@@ -18,6 +18,7 @@ import pytest
 import zarr
 from zarr.codecs import BloscCodec, ZstdCodec
 
+from tests.test_store.archives import copy_subset, ptbxl_names
 from zarr_store.errors import BadArgumentError, CorruptChunkError
 from zarr_store.reader import StoreReader
 
@@ -246,25 +247,12 @@ def test_corrupt_chunk_names_chunk_and_rows(tmp_path, ptbxl_signals):
     assert "rows 16..31" in str(err.value)
 
 
-def ptbxl_archive(root: Path, shared_data: Path, n: int) -> Path:
-    """A PTB-XL-shaped folder of symlinks to the first ``n`` 500 Hz records and the database csv."""
-    src = shared_data / "ptbxl"
-    heads = sorted((src / "records500").glob("*/*_hr.hea"))[:n]
-    for h in heads:
-        for f in (h, h.with_suffix(".dat")):
-            dst = root / f.relative_to(src)
-            dst.parent.mkdir(parents=True, exist_ok=True)
-            dst.symlink_to(f)
-    (root / "ptbxl_database.csv").symlink_to(src / "ptbxl_database.csv")
-    (root / "RECORDS").write_text("".join(f"{h.relative_to(src).with_suffix('')}\n" for h in heads))
-    return root
-
-
 @pytest.mark.parametrize("codec", ["zstd", "lz4", "delta"])
 def test_reader_on_converted_store(tmp_path, shared_data, ptbxl_signals, codec):
     from zarr_store.convert import convert
 
-    archive = ptbxl_archive(tmp_path / "ptbxl", shared_data, 24)
+    archive = copy_subset(shared_data / "ptbxl", tmp_path / "ptbxl", ptbxl_names(shared_data, 24),
+                          ["ptbxl_database.csv"], records_file=True)
     store = tmp_path / "s.zarr"
     convert([archive], store, codec=codec, shard_size=8, progress=False)
     r = StoreReader(store)
