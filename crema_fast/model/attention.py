@@ -7,11 +7,14 @@
 - returns (B, H, N, d) in q's dtype.
 
 ``ref`` is plain PyTorch, softmax(q k^T * scale) v with the scores and the softmax in fp32 whatever the
-input dtype: the oracle of the tests. ``sdpa`` is ``torch.nn.functional.scaled_dot_product_attention``
-with a boolean mask built from ``key_padding_mask``. ``triton`` is crema-fast's flash-attention kernel,
+input dtype: ``kernels.attention.attention_ref`` (the project's one reference, also the kernel tests'
+oracle) called on fp32 copies, after the all-masked-row guard below. ``sdpa`` is
+``torch.nn.functional.scaled_dot_product_attention`` with a boolean mask built from ``key_padding_mask``.
+``triton`` is crema-fast's flash-attention kernel,
 ``kernels.attention.attention(q, k, v, key_padding_mask=..., scale=...)``, loaded through
-``crema_fast._kernels.load_kernels``; ``check_impl("triton")`` raises ConfigError when it is missing, and
-the model calls it at construction so that there is never a silent fallback.
+``crema_fast._kernels.load_kernels``; ``check_impl("triton")`` raises ConfigError when it is missing or
+cannot run here (no CUDA and no TRITON_INTERPRET=1), and the model calls it at construction so that
+there is never a silent fallback nor a failure at the first forward pass.
 
 A query row whose keys are all masked (an ECG with no lead present) would be 0/0 = NaN in every
 implementation. ``guard_padding_mask`` lets such rows attend to all their keys instead: their outputs are
@@ -22,6 +25,7 @@ implementations see the same mask.
 from __future__ import annotations
 
 import math
+import os
 
 import torch
 import torch.nn.functional as F
@@ -47,11 +51,20 @@ def _triton_attention():
 
 
 def check_impl(impl: str) -> str:
-    """Validate an implementation name at construction; for "triton", check the kernel loads."""
+    """Validate an implementation name at construction; for "triton", check the kernel loads and that it
+    can run here (CUDA, or TRITON_INTERPRET=1)."""
     if impl not in IMPLS:
         raise ConfigError(f"attention: expected one of {IMPLS}, got {impl!r}")
+    if impl == "ref":
+        _kernels_reference()
     if impl == "triton":
         _triton_attention()
+        # Triton compiles for a GPU; without one only its (slow) interpreter runs. Say so here rather
+        # than let the first forward pass fail deep inside the launcher.
+        if not torch.cuda.is_available() and os.environ.get("TRITON_INTERPRET") != "1":
+            raise ConfigError(
+                "attention='triton' needs a CUDA GPU (or TRITON_INTERPRET=1 for the slow CPU interpreter)"
+            )
     return impl
 
 
@@ -63,15 +76,20 @@ def guard_padding_mask(key_padding_mask: torch.Tensor | None) -> torch.Tensor | 
     return key_padding_mask | empty
 
 
-def attention_ref(q, k, v, key_padding_mask=None, scale=None):
-    """Plain PyTorch attention; scores and softmax in fp32. Shapes as in the module docstring."""
-    scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else scale
-    acc = torch.promote_types(q.dtype, torch.float32)  # fp32 for half/bf16, fp64 stays fp64
-    scores = torch.matmul(q.to(acc), k.to(acc).transpose(-2, -1)) * scale  # (B, H, N, N)
-    if key_padding_mask is not None:
-        scores = scores.masked_fill(~key_padding_mask[:, None, None, :], float("-inf"))
-    probs = scores.softmax(dim=-1)
-    return torch.matmul(probs, v.to(acc)).to(q.dtype)
+def _kernels_reference():
+    """``kernels.attention.attention_ref``: the one plain-PyTorch reference (STYLE rule 2)."""
+    try:
+        return _kernels.load_kernels("attention").attention_ref
+    except (ImportError, AttributeError) as err:
+        raise ConfigError(f"attention='ref' needs kernels.attention.attention_ref: {err}") from err
+
+
+def attention_reference(q, k, v, key_padding_mask=None, scale=None):
+    """The "ref" implementation: the kernels' reference on inputs upcast to fp32 (fp64 stays fp64), so
+    that scores and softmax are fp32 whatever the input dtype; the result in q's dtype."""
+    acc = torch.promote_types(q.dtype, torch.float32)
+    ref = _kernels_reference()
+    return ref(q.to(acc), k.to(acc), v.to(acc), key_padding_mask=key_padding_mask, scale=scale).to(q.dtype)
 
 
 def attention_sdpa(q, k, v, key_padding_mask=None, scale=None):
@@ -97,7 +115,7 @@ def attention(q, k, v, key_padding_mask=None, impl="ref", scale=None):
             )
     key_padding_mask = guard_padding_mask(key_padding_mask)
     if impl == "ref":
-        return attention_ref(q, k, v, key_padding_mask, scale)
+        return attention_reference(q, k, v, key_padding_mask, scale)
     if impl == "sdpa":
         return attention_sdpa(q, k, v, key_padding_mask, scale)
     if impl == "triton":

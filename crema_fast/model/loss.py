@@ -17,6 +17,16 @@ is the usual symmetric 2B x 2B similarity without its diagonal. Under torch.dist
 all ranks through ``all_gather_with_grad``, whose backward sums each rank's gradient for the gathered
 keys and returns this rank's slice, so that DDP's averaging of gradients gives exactly the gradient of the
 global mean loss over all 2N queries. Every rank must have the same B (the loader's drop_last).
+
+What "the batch" is for each term (no behaviour of this module, but of how the trainer calls it):
+- mse is a mean per forward pass: per rank and per micro-batch. DDP then averages the ranks and gradient
+  accumulation the micro-batches with equal weights, so a micro-batch (or rank) with few removed patches
+  of present leads (missing leads) weighs as much as a full one: not the mean over every masked patch of
+  the global batch, which it equals only when all micro-batches hold the same number of such patches.
+- nce's negatives are the keys of one forward pass: under gradient accumulation (``optim.grad_accum``)
+  each query sees the 2N - 2 other embeddings of its own micro-batch gathered over ranks, not those of the
+  whole optimizer step. So the contrastive task (and the loss's value, about log(2N - 1) at chance)
+  depends on the micro-batch x world size, not on ``train.batch_size`` alone.
 """
 
 from __future__ import annotations

@@ -10,9 +10,10 @@ A checkpoint is one ``torch.save``d dict (format 1)::
      "config": RunConfig.to_dict(), "versions": {...}, "metrics": {...last logged row...}}
 
 Files are ``<run>/checkpoints/step_0000200.pt``; writing goes to a temporary file in the same folder,
-then ``os.replace`` (atomic on POSIX), so a killed run never leaves a half-written checkpoint under a
-checkpoint's name. Loading checks the architecture fields of the saved config against the model's and
-names every mismatch (``CremaError``).
+fsynced, then ``os.replace`` (atomic on POSIX) and an fsync of the folder, so a killed run (or a crash of
+the machine) never leaves a half-written checkpoint under a checkpoint's name. Reading a run folder
+falls back to the previous checkpoint when the latest cannot be read. Loading checks the architecture
+fields of the saved config against the model's and names every mismatch (``CremaError``).
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ import os
 import platform
 import random
 import re
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -88,6 +90,20 @@ def latest_checkpoint(run_dir: str | Path) -> Path | None:
     return found[-1] if found else None
 
 
+def _fsync_dir(d: Path) -> None:
+    """Make a rename in ``d`` durable; a no-op where directories cannot be opened (Windows)."""
+    try:
+        fd = os.open(d, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
 def save_checkpoint(run_dir: str | Path, state: dict, *, keep_last: int = 3) -> Path:
     """Write ``state`` (with "step") as ``step_NNNNNNN.pt`` atomically and delete all but the last
     ``keep_last`` checkpoints. ``state`` must already hold everything listed in the module docstring."""
@@ -99,8 +115,12 @@ def save_checkpoint(run_dir: str | Path, state: dict, *, keep_last: int = 3) -> 
     path = d / f"step_{int(state['step']):07d}.pt"
     tmp = d / f".{path.name}.tmp-{os.getpid()}"
     try:
-        torch.save({"format": FORMAT, "versions": versions(), **state}, tmp)
+        with open(tmp, "wb") as f:
+            torch.save({"format": FORMAT, "versions": versions(), **state}, f)
+            f.flush()
+            os.fsync(f.fileno())  # the bytes on disk before the name points at them (a crash after replace)
         os.replace(tmp, path)
+        _fsync_dir(d)  # and the rename itself
     finally:
         if tmp.exists():
             tmp.unlink()
@@ -109,14 +129,8 @@ def save_checkpoint(run_dir: str | Path, state: dict, *, keep_last: int = 3) -> 
     return path
 
 
-def read_checkpoint(path: str | Path) -> dict:
-    """Load a checkpoint dict (a file, or a run folder: its latest checkpoint) onto the CPU."""
-    path = Path(path)
-    if path.is_dir():
-        found = latest_checkpoint(path)
-        if found is None:
-            raise CremaError(f"no checkpoint in {checkpoint_dir(path)} (expected step_NNNNNNN.pt files)")
-        path = found
+def _load(path: Path) -> dict:
+    """One checkpoint file -> its dict, or CremaError saying why not."""
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint not found: {path}")
     try:
@@ -128,6 +142,30 @@ def read_checkpoint(path: str | Path) -> dict:
         raise CremaError(f"{path}: not a crema-fast checkpoint of format {FORMAT}")
     ckpt["path"] = str(path)
     return ckpt
+
+
+def read_checkpoint(path: str | Path) -> dict:
+    """Load a checkpoint dict onto the CPU. ``path``: a file (read as it is), or a run folder: its latest
+    checkpoint, or, when that one cannot be read (a disk that filled up, a copy cut short), the newest
+    older one that can, saying on stderr which one it used. CremaError when none can be read."""
+    path = Path(path)
+    if not path.is_dir():
+        return _load(path)
+    found = list_checkpoints(path)
+    if not found:
+        raise CremaError(f"no checkpoint in {checkpoint_dir(path)} (expected step_NNNNNNN.pt files)")
+    errors = []
+    for candidate in reversed(found):
+        try:
+            ckpt = _load(candidate)
+        except CremaError as exc:
+            errors.append(str(exc))
+            continue
+        if errors:
+            print(f"warning: {errors[0]}; using the previous checkpoint {candidate} instead", file=sys.stderr)
+        return ckpt
+    raise CremaError("; ".join(errors) if len(errors) == 1 else
+                     f"no readable checkpoint in {checkpoint_dir(path)}: " + "; ".join(errors))
 
 
 def load_model_state(model: torch.nn.Module, ckpt: dict, cfg: RunConfig | None = None) -> None:

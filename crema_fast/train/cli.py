@@ -8,7 +8,7 @@ model) trains for a few minutes on a laptop CPU, and a summary says where the ch
     crema-fast pretrain --data ../shared/data/ptbxl       # a folder of WFDB records (converted once)
     crema-fast pretrain --data my.zarr --preset small     # an existing store
     crema-fast pretrain --set train.steps=500 optim.lr=1e-3 --config run.toml
-    crema-fast pretrain --resume runs/demo-20260101-120000 --steps 400
+    crema-fast pretrain --resume runs/demo-20260101-120000 --steps 400   # re-stretches the LR schedule
     crema-fast pretrain --dry-run --preset base           # the config and parameter counts, then exit
     torchrun --nproc_per_node 8 -m crema_fast.cli pretrain --data store.zarr --preset base
 
@@ -40,7 +40,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--set", dest="sets", nargs="+", action="extend", default=[], metavar="SECTION.FIELD=VALUE",
                         help="override config fields, e.g. --set train.steps=200 optim.lr=1e-3")
     parser.add_argument("--config", help="a JSON or TOML file of config sections (and an optional 'preset')")
-    parser.add_argument("--resume", metavar="RUN_DIR", help="continue the run in RUN_DIR from its last checkpoint")
+    parser.add_argument("--resume", metavar="RUN_DIR",
+                        help="continue the run in RUN_DIR from its last checkpoint, with the same number of "
+                             "processes; the LR schedule keeps its saved length, except that a different "
+                             "--steps (or train.steps) re-stretches the cosine from the resumed step to the new "
+                             "total: a warm restart, the LR goes back up (a line says so)")
     parser.add_argument("--dry-run", action="store_true", help="print the config and parameter counts, then exit")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
 
@@ -65,19 +69,20 @@ def _is_store(path: Path) -> bool:
 
 def resolve_store(data: str, out_root: str | Path, *, convert_now: bool = True) -> tuple[str, str]:
     """(store path or URL, what it is). ``data``: "" (the demo records), a store, or a WFDB folder, which is
-    converted into ``<out_root>/stores/<name>-<hash>.zarr`` unless a finished conversion is there."""
+    converted into ``<out_root>/stores/<name>-<hash>.zarr`` unless a finished conversion is there. Local
+    paths come back absolute: checkpoints record the store, and ``--resume`` may run from another folder."""
     if data and "://" in data:
         return data, "store"
     src = DEMO_DATA if not data else Path(data).expanduser()
     if not src.exists():
         raise FileNotFoundError(f"--data: no such store or folder: {src}")
     if _is_store(src):
-        return str(src), "store"
+        return str(src.resolve()), "store"
     if not src.is_dir():
         raise CremaError(f"--data: expected a store or a folder of WFDB records, got the file {src}")
     name = "demo-ptbxl15" if not data else (src.resolve().name or "data")
     tag = hashlib.sha1(str(src.resolve()).encode()).hexdigest()[:8]
-    store = Path(out_root) / "stores" / f"{name}-{tag}.zarr"
+    store = Path(out_root).expanduser().resolve() / "stores" / f"{name}-{tag}.zarr"
     done = store.with_suffix(".done.json")
     if done.is_file() and _is_store(store):
         return str(store), "cached"
@@ -180,10 +185,12 @@ def run(args) -> int:
     cfg, ckpt, preset = _build(args)
     if args.dry_run:
         return dry_run(cfg)
-    from crema_fast.train.engine import Trainer, setup_distributed
+    from crema_fast.train.engine import Trainer, check_resume_world, setup_distributed
     from crema_fast.train.plots import read_metrics
 
     rank, world, _ = setup_distributed()
+    if ckpt is not None:
+        check_resume_world(ckpt, world)  # before any conversion or model building
     data = args.data or (ckpt.get("store") if ckpt else None) or cfg.train.data
     if world > 1:
         import torch.distributed as dist

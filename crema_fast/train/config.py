@@ -65,7 +65,13 @@ class OptimConfig:
     """AdamW with a linear warmup to ``lr`` over ``warmup_steps``, then a cosine decay to ``min_lr`` at the
     last step. ``grad_clip``: max global L2 norm of the gradients (0 = no clipping). ``grad_accum``:
     micro-batches per optimizer step. Weight decay applies to matrices only (not to biases, norms,
-    embeddings of one row per token kind), as in nanoGPT/MAE."""
+    embeddings of one row per token kind), as in nanoGPT/MAE.
+
+    The loss is computed per forward pass, so with ``grad_accum`` > 1 (and over ranks) two things differ
+    from one big batch (crema_fast/model/loss.py): the masked MSE is averaged per rank and per
+    micro-batch, then those means are averaged with equal weights (not one mean over every masked patch
+    of the step); and NT-Xent's negatives are only the other ECGs of the same micro-batch (gathered over
+    ranks), not of the whole step. Accumulation saves memory but makes the contrastive task easier."""
 
     lr: float = 1e-3
     betas: tuple[float, float] = (0.9, 0.95)
@@ -166,7 +172,7 @@ class RunConfig:
     def __post_init__(self) -> None:
         if self.model.patch != self.mask.patch:
             raise ConfigError(f"model.patch: expected mask.patch={self.mask.patch}, got {self.model.patch}")
-        n = self.data.crop // self.mask.patch
+        n = self.mask.n_patches(self.data.crop)  # ConfigError unless crop is a multiple of the patch
         if self.model.n_patches != n:
             raise ConfigError(f"model.n_patches: expected data.crop // mask.patch = {n}, got {self.model.n_patches}")
 
@@ -348,7 +354,7 @@ def build_config(preset: str | None = None, *, file: str | Path | None = None, s
     model_over = dict(layers.get("model", {}))
     # Derived: the model's patch layout follows the data and the mask unless named explicitly.
     model_over.setdefault("patch", built["mask"].patch)
-    model_over.setdefault("n_patches", built["data"].crop // built["mask"].patch)
+    model_over.setdefault("n_patches", built["mask"].n_patches(built["data"].crop))
     if base is None:
         unknown = set(model_over) - {f.name for f in dataclasses.fields(ModelConfig)}
         if unknown:

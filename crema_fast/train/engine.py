@@ -15,7 +15,9 @@ process group (NCCL on CUDA, gloo on CPU), wraps the model in DistributedDataPar
 rank's loader its rank and world size, and lets rank 0 alone write files. Logged losses are the mean
 over ranks. Exact resume: model, optimizer, scheduler, loader positions and RNG states of every rank
 are in each checkpoint; on one process on the CPU a run of 2N steps and a run of N steps + resume + N
-give the same losses bit for bit.
+give the same losses bit for bit. A resume needs the same number of processes as the run it continues
+(CremaError otherwise, before anything is built); a resume with another ``train.steps`` re-stretches
+the cosine schedule from the resumed step to the new total (a warm restart, announced on stderr).
 """
 
 from __future__ import annotations
@@ -84,6 +86,25 @@ def setup_distributed() -> tuple[int, int, torch.device]:
     return rank, world, torch.device("cpu")
 
 
+def check_resume_world(ckpt: dict, world: int) -> None:
+    """Refuse, before anything is built, to resume with another number of processes: exact resume needs
+    every rank's loader position and RNG state, which only the same world size has."""
+    saved = int(ckpt.get("world_size") or len(ckpt.get("loader") or []) or 1)
+    if saved != world:
+        raise CremaError(f"checkpoint written by {saved} processes; resume with {saved} (got {world})")
+
+
+def store_ref(store) -> str | None:
+    """How checkpoints and config.json name the store: an absolute path for a local one (a resumed run may
+    start in another working directory), a URL as it is; a StoreReader by what it was opened with."""
+    if store is None:
+        return None
+    store = getattr(store, "store", store)  # a StoreReader: the path or URL it was opened with
+    if isinstance(store, (str, Path)) and "://" not in str(store):
+        return str(Path(store).expanduser().resolve())
+    return str(store)
+
+
 def build_model(cfg: RunConfig) -> torch.nn.Module:
     from crema_fast.model import CremaModel
 
@@ -125,6 +146,8 @@ class Trainer:
         self.cfg, self.run_dir, self.progress = cfg, Path(run_dir), progress
         self.rank, self.world, self.device = setup_distributed()
         self.main = self.rank == 0
+        if resume is not None:
+            check_resume_world(resume, self.world)
         self.micro = cfg.micro_batch(self.world)
         t = cfg.train
         torch.manual_seed(t.seed)  # the same initial weights on every rank (DDP also broadcasts them)
@@ -173,12 +196,21 @@ class Trainer:
         return out
 
     def _restore(self, ckpt: dict) -> None:
+        states, rngs = ckpt.get("loader") or [], ckpt.get("rng") or []
         load_model_state(self.model, ckpt, self.cfg)
         self.optimizer.load_state_dict(ckpt["optimizer"])
         self.scheduler.load_state_dict(ckpt["scheduler"])
         # The hyper-parameters are this run's config (a resumed run may extend train.steps or change the
-        # optimizer's settings with --set); the moments and the step count come from the checkpoint.
+        # optimizer's settings with --set); the moments and the step count come from the checkpoint. The
+        # schedule's length is the saved train.steps unless the user changed it: then the cosine is
+        # re-stretched to the new total from this step on (a warm restart), and we say so.
         o, total = self.cfg.optim, self.cfg.train.steps
+        saved_total = int(((ckpt.get("config") or {}).get("train") or {}).get("steps", total))
+        step = int(ckpt["step"])
+        if total != saved_total and self.main:
+            old_lr, new_lr = o.lr * o.lr_factor(step, saved_total), o.lr * o.lr_factor(step, total)
+            print(f"resume: train.steps {saved_total} -> {total}: the LR schedule is re-stretched from step {step} "
+                  f"to the new total {total} (warm restart: lr {old_lr:.3g} -> {new_lr:.3g})", file=sys.stderr)
         self.scheduler.lr_lambdas = [lambda s: o.lr_factor(s, total)] * len(self.optimizer.param_groups)
         self.scheduler.base_lrs = [o.lr] * len(self.optimizer.param_groups)
         for i, g in enumerate(self.optimizer.param_groups):
@@ -188,16 +220,12 @@ class Trainer:
         self.step, self.epoch = int(ckpt["step"]), int(ckpt.get("epoch", 0))
         self.last_checkpoint = ckpt.get("path")
         self.last_row = dict(ckpt.get("metrics") or {})
-        states, rngs = ckpt.get("loader") or [], ckpt.get("rng") or []
-        if len(states) not in (0, self.world) and self.main:
-            print(f"warning: the checkpoint was written by {len(states)} processes, this run has {self.world}: "
-                  "each rank resumes from rank 0's loader position", file=sys.stderr)
         if hasattr(self.loader, "set_epoch"):
             self.loader.set_epoch(self.epoch)
         if states:
-            self.loader.load_state_dict(states[self.rank] if len(states) == self.world else states[0])
+            self.loader.load_state_dict(states[self.rank])
         if rngs:
-            set_rng_state(rngs[self.rank] if len(rngs) == self.world else rngs[0])
+            set_rng_state(rngs[self.rank])
 
     def state(self) -> dict:
         """The checkpoint dict of this step (collective under DDP: every rank must call it)."""
@@ -206,7 +234,7 @@ class Trainer:
             "model": unwrap(self.model).state_dict(),
             "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
             "loader": self._gather(self.loader.state_dict()), "rng": self._gather(rng_state()),
-            "config": self.cfg.to_dict(), "store": None if self.store is None else str(self.store),
+            "config": self.cfg.to_dict(), "store": store_ref(self.store),
             "world_size": self.world, "metrics": self.last_row,
         }
 
@@ -353,7 +381,7 @@ class Trainer:
         """config.json, and metrics.jsonl cut back to the resumed step (rows a killed run logged after its
         last checkpoint would otherwise appear twice)."""
         self.run_dir.mkdir(parents=True, exist_ok=True)
-        meta = {"config": self.cfg.to_dict(), "store": None if self.store is None else str(self.store),
+        meta = {"config": self.cfg.to_dict(), "store": store_ref(self.store),
                 "world_size": self.world}
         (self.run_dir / "config.json").write_text(json.dumps(meta, indent=2) + "\n")
         metrics = self.run_dir / "metrics.jsonl"

@@ -61,7 +61,8 @@ def reconstruct(model: torch.nn.Module, batch, view: int = 0) -> dict[str, np.nd
     sqrt(population variance + eps) plus its mean (the inverse of the loss's per-patch normalization).
 
     Returns numpy arrays: signal (B, 12, C), recon (B, 12, C) (NaN on visible patches), mask
-    (B, 12, P) (1 = removed), lead_mask (B, 12), loss float."""
+    (B, 12, P) (1 = removed), lead_mask (B, 12), mse (B,): each ECG's masked MSE of view ``view`` in the
+    normalized-target space (the loss's mse term for that ECG alone), and loss float (the batch's total)."""
     was_training = model.training
     model.eval()
     try:
@@ -75,10 +76,14 @@ def reconstruct(model: torch.nn.Module, batch, view: int = 0) -> dict[str, np.nd
         std = torch.sqrt(patches.var(dim=-1, keepdim=True, unbiased=False) + model.loss_cfg.eps)
         pred = pred * std + mean
     mask = batch.mask[view].float()  # (B, 12, P)
+    m = mask * batch.lead_mask[..., None].float()  # removed patches of present leads
+    err = (out.pred[view].float() - out.target.float()).pow(2).mean(dim=-1)  # (B, 12, P)
+    mse = (err * m).sum(dim=(1, 2)) / m.sum(dim=(1, 2)).clamp_min(1.0)
     recon = torch.where(mask[..., None] > 0, pred, torch.full_like(pred, float("nan")))
     b, leads, p, s = recon.shape
     return {"signal": batch.signal.float().cpu().numpy(), "recon": recon.reshape(b, leads, p * s).cpu().numpy(),
-            "mask": mask.cpu().numpy(), "lead_mask": batch.lead_mask.cpu().numpy(), "loss": float(out.loss)}
+            "mask": mask.cpu().numpy(), "lead_mask": batch.lead_mask.cpu().numpy(), "mse": mse.cpu().numpy(),
+            "loss": float(out.loss)}
 
 
 def plot_reconstruction(model: torch.nn.Module, batch, out: str | Path, *, index: int = 0, rate: float = 250.0,
@@ -107,7 +112,8 @@ def plot_reconstruction(model: torch.nn.Module, batch, out: str | Path, *, index
     for ax in axes[-1]:
         ax.set_xlabel("time (s)")
     axes[0, 0].legend(loc="upper right", fontsize=7)
-    fig.suptitle(f"masked patches (grey) and their reconstruction, view {view}: loss {r['loss']:.4f}")
+    fig.suptitle(f"masked patches (grey) and their reconstruction, view {view}: masked MSE of this ECG "
+                 f"{r['mse'][index]:.4f} (per-patch normalized)")
     out = Path(out)
     fig.savefig(out, dpi=100)
     plt.close(fig)

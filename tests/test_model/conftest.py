@@ -1,10 +1,10 @@
-"""Small models and batches for the model tests. Masks are made here with torch (MAE style), not by
-crema_fast.data, so these tests stand alone."""
+"""Small models and batches for the model tests. Masks come from crema_fast.model.random_masking (torch,
+MAE style), not from crema_fast.data, so these tests stand alone."""
 
 import pytest
 import torch
 
-from crema_fast.model import CremaModel, LossConfig, ModelConfig
+from crema_fast.model import CremaModel, LossConfig, ModelConfig, random_masking
 
 # Small shapes keep the suite fast: 4 leads would break the 12-lead contract, so keep 12 leads but
 # few, short patches.
@@ -12,20 +12,10 @@ SMALL = dict(patch=8, n_patches=6, dim=32, depth=2, heads=1, dec_dim=32, dec_dep
              proj_dim=16)
 
 
-def make_masks(n_views, b, n_leads, n_patches, n_keep, generator):
-    """Independent per-lead argsort of noise: (ids_keep, mask, ids_restore), mask 1 = removed."""
-    noise = torch.rand(n_views, b, n_leads, n_patches, generator=generator)
-    ids_shuffle = noise.argsort(dim=-1)
-    ids_restore = ids_shuffle.argsort(dim=-1)
-    mask = torch.ones(n_views, b, n_leads, n_patches)
-    mask.scatter_(-1, ids_shuffle[..., :n_keep], 0.0)
-    return ids_shuffle[..., :n_keep].contiguous(), mask, ids_restore
-
-
 def make_batch(cfg: ModelConfig, b=3, n_keep=2, seed=0, dtype=torch.float32):
     g = torch.Generator().manual_seed(seed)
     signal = torch.randn(b, cfg.n_leads, cfg.signal_length, generator=g, dtype=dtype)
-    ids_keep, mask, ids_restore = make_masks(2, b, cfg.n_leads, cfg.n_patches, n_keep, g)
+    ids_keep, mask, ids_restore = random_masking(2, b, cfg.n_leads, cfg.n_patches, n_keep, generator=g)
     lead_mask = torch.ones(b, cfg.n_leads, dtype=torch.bool)
     return signal, ids_keep, mask, ids_restore, lead_mask
 

@@ -8,7 +8,7 @@ from crema_fast.errors import ConfigError
 from crema_fast.model import CremaModel, ModelConfig, random_masking
 from crema_fast.model.sit import unshuffle
 
-from .conftest import build, make_batch, make_masks
+from .conftest import build, make_batch
 
 
 def test_random_masking_contract():
@@ -24,7 +24,7 @@ def test_random_masking_contract():
 
 def test_unshuffle_puts_patches_back_in_time_order():
     g = torch.Generator().manual_seed(2)
-    ids_keep, mask, ids_restore = make_masks(2, 3, 12, 10, 4, g)
+    ids_keep, mask, ids_restore = random_masking(2, 3, 12, 10, 4, generator=g)
     visible = ids_keep.float()[..., None].expand(*ids_keep.shape, 5)  # each token carries its patch index
     out = unshuffle(visible, torch.full((5,), -1.0), ids_restore)
     expected = torch.where(mask.bool(), torch.tensor(-1.0), torch.arange(10.0).expand_as(mask))

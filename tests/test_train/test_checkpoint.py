@@ -80,3 +80,19 @@ def test_unreadable_and_missing_checkpoints(tmp_path):
     bad.write_bytes(b"not a checkpoint")
     with pytest.raises(CremaError, match="cannot read checkpoint"):
         read_checkpoint(tmp_path)
+
+
+def test_truncated_latest_checkpoint_falls_back_to_the_previous_one(tmp_path, capsys):
+    cfg = build_config("tiny")
+    model = build_model(cfg)
+    opt = torch.optim.AdamW(model.parameters())
+    save_checkpoint(tmp_path, _state(cfg, model, opt, 1))
+    latest = save_checkpoint(tmp_path, _state(cfg, model, opt, 2))
+    latest.write_bytes(latest.read_bytes()[: latest.stat().st_size // 2])  # a copy cut short
+    ckpt = read_checkpoint(tmp_path)
+    assert ckpt["step"] == 1 and ckpt["path"] == str(tmp_path / "checkpoints" / "step_0000001.pt")
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "cannot read checkpoint" in err and str(latest) in err
+    assert "using the previous checkpoint " + ckpt["path"] in err
+    with pytest.raises(CremaError, match="cannot read checkpoint"):  # a file named explicitly: no fallback
+        read_checkpoint(latest)

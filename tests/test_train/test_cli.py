@@ -1,11 +1,13 @@
 """``crema-fast pretrain``: the dry run's parameter counts, a short run's summary, resume, data resolution."""
 
 import json
+import os
 from pathlib import Path
 
 import pytest
 
 from crema_fast.cli import main
+from crema_fast.train.checkpoint import read_checkpoint
 from crema_fast.train.cli import param_counts, resolve_store
 from crema_fast.train.config import build_config
 from crema_fast.train.engine import build_model
@@ -40,20 +42,26 @@ def test_dry_run_prints_parameter_counts(preset, capsys):
         assert 80e6 < counts["encoder"] < 90e6  # a ViT-B sized encoder
 
 
-def test_short_run_prints_a_summary_and_resumes(demo_store, tmp_path, capsys):
+def test_short_run_prints_a_summary_and_resumes(demo_store, tmp_path, capsys, monkeypatch):
+    """Started with relative --data and --out, resumed from another working directory: the checkpoint
+    names the store by its absolute path."""
     run = tmp_path / "run"
-    args = ["pretrain", "--data", demo_store, "--steps", "4", "--out", str(run), "--no-progress",
-            "--set", "train.batch_size=6", "train.log_every=2", "train.ckpt_every=2"]
+    monkeypatch.chdir(tmp_path)
+    args = ["pretrain", "--data", os.path.relpath(demo_store, tmp_path), "--steps", "4", "--out", "run",
+            "--no-progress", "--set", "train.batch_size=6", "train.log_every=2", "train.ckpt_every=2"]
     assert main(args) == 0
     out = capsys.readouterr().out
     assert "steps       4 (this run: 0 -> 4" in out
-    assert str(run / "checkpoints" / "step_0000004.pt") in out
+    assert str(Path("run", "checkpoints", "step_0000004.pt")) in out  # as named by --out
     for name in ("loss.png", "reconstruction.png", "metrics.jsonl"):
-        assert (run / name).is_file() and str(run / name) in out
+        assert (run / name).is_file() and str(Path("run", name)) in out
     assert json.loads((run / "summary.json").read_text())["steps"] == 4 and (run / "config.json").is_file()
     # The same folder again is refused; --resume continues it with a longer schedule.
     assert main(args) == 2
     assert "already holds a run" in capsys.readouterr().err
+    assert read_checkpoint(run)["store"] == str(Path(demo_store).resolve())
+    (tmp_path / "elsewhere").mkdir()
+    monkeypatch.chdir(tmp_path / "elsewhere")  # the relative --data no longer names the store from here
     assert main(["pretrain", "--resume", str(run), "--steps", "6", "--no-progress"]) == 0
     out = capsys.readouterr().out
     assert "steps       6 (this run: 4 -> 6" in out
@@ -79,6 +87,12 @@ def test_config_errors_are_one_line(capsys):
     assert main(["pretrain", "--dry-run", "--set", "optim.lr=-1"]) == 2
     err = capsys.readouterr().err
     assert err.startswith("crema-fast pretrain: error: optim.lr") and err.count("\n") == 1
+
+
+def test_crop_not_a_multiple_of_the_patch_is_a_one_line_error(capsys):
+    assert main(["pretrain", "--dry-run", "--set", "data.crop=2000"]) == 2  # 2000 = 26 x 75 + 50
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "crop: expected a positive multiple of MaskConfig.patch=75, got 2000" in err
 
 
 def test_param_counts_cover_every_parameter():
