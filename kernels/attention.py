@@ -6,7 +6,8 @@ Contract
 
 - ``q``, ``k``, ``v``: (B, H, N, d) tensors of one dtype (float16, bfloat16 or float32) on one device,
   any strides. d (head dim) in {32, 64, 128}; any N >= 1 (ragged edges are masked loads, there is no
-  multiple-of-block rule); 1 <= B, H <= 65535 (grid axes).
+  multiple-of-block rule); 1 <= B, H <= 65535 (grid axes). Tensors may exceed 2**31 elements (the
+  per-(batch, head) offsets are int64); one (batch, head) slice must span fewer (ValueError otherwise).
 - ``key_padding_mask``: optional bool (B, N), True = keep the key. A query row whose keys are all masked
   gets an output of zeros and zero gradients (the reference does the same, without NaN).
 - ``scale``: softmax scale, a positive float; default 1 / sqrt(d).
@@ -23,7 +24,8 @@ Kernels: ``_attn_fwd`` (online softmax over key blocks), ``_attn_bwd_delta`` (de
 program per query block, looping over key blocks). Grids are (blocks, B, H), consecutive programs sharing a
 head's K and V in L2. Block sizes and warps are autotuned per device over small sets, keyed on (N rounded
 up to a power of two, d, mask or not, dtype); the sets were checked by compiling for sm_90 (wgmma, no
-register spills at the head dims they serve; tests/test_kernels compiles a few for Hopper on every run).
+register spills at the head dims they serve; tests/test_kernels compiles some for Hopper on every run).
+The sets, their pruning and the input validation live in kernels/_attention_configs.py.
 
 CPU: under ``TRITON_INTERPRET=1`` the same kernels run in Triton's interpreter (tests, small shapes).
 The interpreter's bf16 arithmetic is wrong (shared/notes/triton-on-cpu.md), so there bf16 tensors are
@@ -35,30 +37,21 @@ tensors are rejected: the model's ``ref`` and ``sdpa`` paths are the CPU fallbac
 
 from __future__ import annotations
 
-import inspect
 import math
-import os
 
 import torch
 import triton
 import triton.language as tl
-import triton.testing
 
-HEAD_DIMS = (32, 64, 128)
-DTYPES = (torch.float16, torch.bfloat16, torch.float32)
+from kernels._attention_configs import (  # noqa: F401 (HEAD_DIMS, DTYPES: part of the op's description)
+    DKDV_CONFIGS, DKDV_D64_ONLY, DKDV_D128_ONLY, DQ_CONFIGS, DQ_D64_ONLY, DQ_D128_ONLY, DTYPES, FWD_CONFIGS,
+    FWD_D64_ONLY, FWD_D128_ONLY, HEAD_DIMS, SLICE_LIMIT, TUNE_EXTRA, TUNE_KEY,
+    check_inputs, interpreting, pruner)
+
 LOG2E = 1.4426950408889634
 
-
-def _interpreting() -> bool:
-    """Whether Triton runs kernels in its interpreter (triton.knobs exists from Triton 3.4 on)."""
-    knobs = getattr(triton, "knobs", None)
-    if knobs is not None:
-        return bool(knobs.runtime.interpret)
-    return os.environ.get("TRITON_INTERPRET", "0").lower() in ("1", "true", "on", "yes")
-
-
 # Read once, like @triton.jit does when it decorates the kernels below.
-_INTERPRET = _interpreting()
+_INTERPRET = interpreting()
 
 
 def attention_ref(q, k, v, key_padding_mask=None, scale=None):
@@ -81,68 +74,11 @@ def attention_ref(q, k, v, key_padding_mask=None, scale=None):
 
 
 # ----------------------------------------------------------------------------------------------------------
-# Autotuning: small config sets per kernel; the interpreter keeps one (it cannot time configs).
-
-def _cfg(block_m, block_n, warps, stages):
-    return triton.Config({"BLOCK_M": block_m, "BLOCK_N": block_n}, num_warps=warps, num_stages=stages)
-
-
-# Each set was compiled for sm_90 (H100) and checked with ptxas -v: all use wgmma; the entries under
-# "d <= 64 only" spill registers at d = 128 (their fp32 accumulators need > 255 registers a thread), and the
-# "d = 128 only" ones are their 8-warp replacements. The first entry of each set is the interpreter's.
-_FWD_CONFIGS = [_cfg(64, 64, 4, 3), _cfg(128, 64, 4, 3), _cfg(128, 64, 8, 4), _cfg(128, 128, 8, 3)]
-_FWD_D64_ONLY = {(128, 64, 4, 3)}
-_FWD_D128_ONLY: set = set()
-# dk/dv: a program owns BLOCK_N keys and loops over BLOCK_M queries (small BLOCK_M keeps registers low).
-_DKDV_CONFIGS = [_cfg(64, 64, 4, 3), _cfg(32, 128, 4, 3), _cfg(64, 128, 8, 3),
-                 _cfg(64, 64, 8, 3), _cfg(32, 128, 8, 3), _cfg(64, 128, 8, 2)]
-_DKDV_D64_ONLY = {(64, 64, 4, 3), (32, 128, 4, 3), (64, 128, 8, 3)}
-_DKDV_D128_ONLY = {(64, 64, 8, 3), (32, 128, 8, 3), (64, 128, 8, 2)}
-# dq: a program owns BLOCK_M queries and loops over BLOCK_N keys.
-_DQ_CONFIGS = [_cfg(64, 64, 4, 3), _cfg(128, 32, 4, 3), _cfg(128, 64, 8, 3)]
-_DQ_D64_ONLY: set = set()
-_DQ_D128_ONLY: set = set()
-
-
-def _spec(c):
-    return (c.kwargs["BLOCK_M"], c.kwargs["BLOCK_N"], c.num_warps, c.num_stages)
-
-
-def _pruner(d64_only, d128_only):
-    """An early_config_prune for one kernel: the interpreter keeps the first config (64 x 64, the cheapest
-    there); a GPU keeps the configs meant for this head dim, drops blocks far larger than N, and for fp32
-    inputs (twice the shared memory and registers per element) keeps blocks <= 64 with 2 stages."""
-    def prune(configs, named_args, **kwargs):
-        if _interpreting():
-            return configs[:1]
-        head_dim = kwargs.get("HEAD_DIM", named_args.get("HEAD_DIM"))
-        skip = d64_only if head_dim > 64 else d128_only
-        fit = [c for c in configs if _spec(c) not in skip]
-        cap = 64 if named_args["Q"].element_size() == 4 else max(64, triton.next_power_of_2(named_args["N"]))
-        fit = [c for c in fit if c.kwargs["BLOCK_M"] <= cap and c.kwargs["BLOCK_N"] <= cap] or fit[:1]
-        if named_args["Q"].element_size() == 4:
-            fit = [triton.Config(dict(c.kwargs), num_warps=c.num_warps, num_stages=min(c.num_stages, 2))
-                   for c in fit]
-        return fit
-
-    return prune
-
-
-def _bench(kernel_call, quantiles):
-    """Autotuning timer: shorter than Triton's default (25 ms warm-up, 100 ms runs), ample for these kernels."""
-    return triton.testing.do_bench(kernel_call, warmup=10, rep=40, quantiles=quantiles)
-
-
-_TUNE_KEY = ["N_KEY", "HEAD_DIM", "HAS_MASK"]  # the autotuner adds the tensors' dtypes itself
-# The short timer where this Triton's autotune takes one. No on-disk cache of tuning results: the key
-# has no B*H, so a result tuned at the tests' small batches must not be reused by a benchmark or a run.
-_TUNE_EXTRA = {k: v for k, v in (("do_bench", _bench),)
-               if k in inspect.signature(triton.autotune).parameters}
-
-
-# ----------------------------------------------------------------------------------------------------------
 # Kernels. Pointers are (B, H, N, d) with named strides; KEEP is the (B, N) uint8 key mask; LSE and
 # DELTA are contiguous fp32 (B, H, N). qk_scale = scale * log2(e): softmax in base 2 (exp2 is cheaper).
+# Offsets: each program first moves its pointers to its (batch, head) slice with int64 arithmetic (program
+# ids are int32, so b * stride_qb or (b * H + h) * N would wrap past 2**31 elements, silently); offsets within
+# a slice stay int32 (cheaper address maths on the whole tile), which check_inputs guarantees.
 
 @triton.jit
 def _fwd_block(acc, l_i, m_i, q, K, V, KEEP, start_n, offs_d, N, stride_kn, stride_kd, stride_vn, stride_vd,
@@ -178,8 +114,8 @@ def _fwd_block(acc, l_i, m_i, q, K, V, KEEP, start_n, offs_d, N, stride_kn, stri
     return acc, l_i, m_new
 
 
-@triton.autotune(configs=_FWD_CONFIGS, key=_TUNE_KEY,
-                 prune_configs_by={"early_config_prune": _pruner(_FWD_D64_ONLY, _FWD_D128_ONLY)}, **_TUNE_EXTRA)
+@triton.autotune(configs=FWD_CONFIGS, key=TUNE_KEY,
+                 prune_configs_by={"early_config_prune": pruner(FWD_D64_ONLY, FWD_D128_ONLY)}, **TUNE_EXTRA)
 @triton.jit(do_not_specialize=["N", "N_KEY"])
 def _attn_fwd(Q, K, V, KEEP, O, LSE,
               stride_qb, stride_qh, stride_qn, stride_qd,
@@ -191,18 +127,20 @@ def _attn_fwd(Q, K, V, KEEP, O, LSE,
               HEAD_DIM: tl.constexpr, HAS_MASK: tl.constexpr, UPCAST: tl.constexpr,
               DOT_PRECISION: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
     pid_m = tl.program_id(0)
-    b = tl.program_id(1)
-    h = tl.program_id(2)
+    b = tl.program_id(1).to(tl.int64)  # int64 base offsets: see "Offsets" above the kernels
+    h = tl.program_id(2).to(tl.int64)
+    Q += b * stride_qb + h * stride_qh
+    K += b * stride_kb + h * stride_kh
+    V += b * stride_vb + h * stride_vh
+    O += b * stride_ob + h * stride_oh
+    KEEP += b * stride_mb
+    LSE += (b * H + h) * N
     offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     offs_d = tl.arange(0, HEAD_DIM)
     row_ok = offs_m < N
-    q = tl.load(Q + b * stride_qb + h * stride_qh + offs_m[:, None] * stride_qn + offs_d[None, :] * stride_qd,
-                mask=row_ok[:, None], other=0.0)
+    q = tl.load(Q + offs_m[:, None] * stride_qn + offs_d[None, :] * stride_qd, mask=row_ok[:, None], other=0.0)
     if UPCAST:
         q = q.to(tl.float32)
-    K += b * stride_kb + h * stride_kh
-    V += b * stride_vb + h * stride_vh
-    KEEP += b * stride_mb
     m_i = tl.full([BLOCK_M], -1.0e30, tl.float32)
     l_i = tl.zeros([BLOCK_M], tl.float32)
     acc = tl.zeros([BLOCK_M, HEAD_DIM], tl.float32)
@@ -221,9 +159,9 @@ def _attn_fwd(Q, K, V, KEEP, O, LSE,
     l_safe = tl.where(has_key, l_i, 1.0)
     out = acc / l_safe[:, None]
     lse = tl.where(has_key, m_i + tl.math.log2(l_safe), float("inf"))
-    tl.store(O + b * stride_ob + h * stride_oh + offs_m[:, None] * stride_on + offs_d[None, :] * stride_od,
-             out.to(O.dtype.element_ty), mask=row_ok[:, None])
-    tl.store(LSE + (b * H + h) * N + offs_m, lse, mask=row_ok)
+    tl.store(O + offs_m[:, None] * stride_on + offs_d[None, :] * stride_od, out.to(O.dtype.element_ty),
+             mask=row_ok[:, None])
+    tl.store(LSE + offs_m, lse, mask=row_ok)
 
 
 @triton.jit
@@ -233,20 +171,23 @@ def _attn_bwd_delta(O, DO, DELTA,
                     H, N, HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr):
     """delta[row] = sum_d dO * O (fp32), the softmax-backward term shared by dq and dk."""
     pid_m = tl.program_id(0)
-    b = tl.program_id(1)
-    h = tl.program_id(2)
+    b = tl.program_id(1).to(tl.int64)
+    h = tl.program_id(2).to(tl.int64)
+    O += b * stride_ob + h * stride_oh
+    DO += b * stride_dob + h * stride_doh
+    DELTA += (b * H + h) * N
     offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     offs_d = tl.arange(0, HEAD_DIM)
     row_ok = offs_m < N
-    o = tl.load(O + b * stride_ob + h * stride_oh + offs_m[:, None] * stride_on + offs_d[None, :] * stride_od,
-                mask=row_ok[:, None], other=0.0).to(tl.float32)
-    do = tl.load(DO + b * stride_dob + h * stride_doh + offs_m[:, None] * stride_don
-                 + offs_d[None, :] * stride_dod, mask=row_ok[:, None], other=0.0).to(tl.float32)
-    tl.store(DELTA + (b * H + h) * N + offs_m, tl.sum(o * do, 1), mask=row_ok)
+    o = tl.load(O + offs_m[:, None] * stride_on + offs_d[None, :] * stride_od, mask=row_ok[:, None],
+                other=0.0).to(tl.float32)
+    do = tl.load(DO + offs_m[:, None] * stride_don + offs_d[None, :] * stride_dod, mask=row_ok[:, None],
+                 other=0.0).to(tl.float32)
+    tl.store(DELTA + offs_m, tl.sum(o * do, 1), mask=row_ok)
 
 
-@triton.autotune(configs=_DKDV_CONFIGS, key=_TUNE_KEY,
-                 prune_configs_by={"early_config_prune": _pruner(_DKDV_D64_ONLY, _DKDV_D128_ONLY)}, **_TUNE_EXTRA)
+@triton.autotune(configs=DKDV_CONFIGS, key=TUNE_KEY,
+                 prune_configs_by={"early_config_prune": pruner(DKDV_D64_ONLY, DKDV_D128_ONLY)}, **TUNE_EXTRA)
 @triton.jit(do_not_specialize=["N", "N_KEY"])
 def _attn_bwd_dkdv(Q, K, V, KEEP, DO, LSE, DELTA, DK, DV,
                    stride_qb, stride_qh, stride_qn, stride_qd,
@@ -260,29 +201,32 @@ def _attn_bwd_dkdv(Q, K, V, KEEP, DO, LSE, DELTA, DK, DV,
                    DOT_PRECISION: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
     """dK, dV for one block of BLOCK_N keys, looping over all query blocks (transposed layout: keys x queries)."""
     pid_n = tl.program_id(0)
-    b = tl.program_id(1)
-    h = tl.program_id(2)
+    b = tl.program_id(1).to(tl.int64)
+    h = tl.program_id(2).to(tl.int64)
+    Q += b * stride_qb + h * stride_qh
+    K += b * stride_kb + h * stride_kh
+    V += b * stride_vb + h * stride_vh
+    DO += b * stride_dob + h * stride_doh
+    DK += b * stride_gb + h * stride_gh
+    DV += b * stride_gb + h * stride_gh
+    KEEP += b * stride_mb
+    LSE += (b * H + h) * N
+    DELTA += (b * H + h) * N
     offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     offs_d = tl.arange(0, HEAD_DIM)
     col_in = offs_n < N
-    k = tl.load(K + b * stride_kb + h * stride_kh + offs_n[:, None] * stride_kn + offs_d[None, :] * stride_kd,
-                mask=col_in[:, None], other=0.0)
-    v = tl.load(V + b * stride_vb + h * stride_vh + offs_n[:, None] * stride_vn + offs_d[None, :] * stride_vd,
-                mask=col_in[:, None], other=0.0)
+    k = tl.load(K + offs_n[:, None] * stride_kn + offs_d[None, :] * stride_kd, mask=col_in[:, None], other=0.0)
+    v = tl.load(V + offs_n[:, None] * stride_vn + offs_d[None, :] * stride_vd, mask=col_in[:, None], other=0.0)
     if UPCAST:
         k = k.to(tl.float32)
         v = v.to(tl.float32)
     col_ok = col_in
     m_end = N
     if HAS_MASK:
-        keep = tl.load(KEEP + b * stride_mb + offs_n * stride_mn, mask=col_in, other=0)
+        keep = tl.load(KEEP + offs_n * stride_mn, mask=col_in, other=0)
         col_ok = col_in & (keep != 0)
         # A block of keys that are all masked gets no gradient: skip the loop, store zeros.
         m_end = tl.where(tl.max(col_ok.to(tl.int32), 0) > 0, N, 0)
-    Q += b * stride_qb + h * stride_qh
-    DO += b * stride_dob + h * stride_doh
-    LSE += (b * H + h) * N
-    DELTA += (b * H + h) * N
     dk = tl.zeros([BLOCK_N, HEAD_DIM], tl.float32)
     dv = tl.zeros([BLOCK_N, HEAD_DIM], tl.float32)
     for start_m in range(0, m_end, BLOCK_M):
@@ -304,13 +248,13 @@ def _attn_bwd_dkdv(Q, K, V, KEEP, DO, LSE, DELTA, DK, DV,
         ds_t = p_t * (dp_t - delta[None, :])
         dk = tl.dot(ds_t.to(q.dtype), q, dk, input_precision=DOT_PRECISION)
     dk = dk * scale
-    g_off = b * stride_gb + h * stride_gh + offs_n[:, None] * stride_gn + offs_d[None, :] * stride_gd
+    g_off = offs_n[:, None] * stride_gn + offs_d[None, :] * stride_gd
     tl.store(DK + g_off, dk.to(DK.dtype.element_ty), mask=col_in[:, None])
     tl.store(DV + g_off, dv.to(DV.dtype.element_ty), mask=col_in[:, None])
 
 
-@triton.autotune(configs=_DQ_CONFIGS, key=_TUNE_KEY,
-                 prune_configs_by={"early_config_prune": _pruner(_DQ_D64_ONLY, _DQ_D128_ONLY)}, **_TUNE_EXTRA)
+@triton.autotune(configs=DQ_CONFIGS, key=TUNE_KEY,
+                 prune_configs_by={"early_config_prune": pruner(DQ_D64_ONLY, DQ_D128_ONLY)}, **TUNE_EXTRA)
 @triton.jit(do_not_specialize=["N", "N_KEY"])
 def _attn_bwd_dq(Q, K, V, KEEP, DO, LSE, DELTA, DQ,
                  stride_qb, stride_qh, stride_qn, stride_qd,
@@ -324,23 +268,27 @@ def _attn_bwd_dq(Q, K, V, KEEP, DO, LSE, DELTA, DQ,
                  DOT_PRECISION: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
     """dQ for one block of BLOCK_M queries, looping over all key blocks."""
     pid_m = tl.program_id(0)
-    b = tl.program_id(1)
-    h = tl.program_id(2)
+    b = tl.program_id(1).to(tl.int64)
+    h = tl.program_id(2).to(tl.int64)
+    Q += b * stride_qb + h * stride_qh
+    K += b * stride_kb + h * stride_kh
+    V += b * stride_vb + h * stride_vh
+    DO += b * stride_dob + h * stride_doh
+    DQ += b * stride_gb + h * stride_gh
+    KEEP += b * stride_mb
+    LSE += (b * H + h) * N
+    DELTA += (b * H + h) * N
     offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     offs_d = tl.arange(0, HEAD_DIM)
     row_ok = offs_m < N
-    q = tl.load(Q + b * stride_qb + h * stride_qh + offs_m[:, None] * stride_qn + offs_d[None, :] * stride_qd,
-                mask=row_ok[:, None], other=0.0)
-    do = tl.load(DO + b * stride_dob + h * stride_doh + offs_m[:, None] * stride_don
-                 + offs_d[None, :] * stride_dod, mask=row_ok[:, None], other=0.0)
+    q = tl.load(Q + offs_m[:, None] * stride_qn + offs_d[None, :] * stride_qd, mask=row_ok[:, None], other=0.0)
+    do = tl.load(DO + offs_m[:, None] * stride_don + offs_d[None, :] * stride_dod, mask=row_ok[:, None],
+                 other=0.0)
     if UPCAST:
         q = q.to(tl.float32)
         do = do.to(tl.float32)
-    lse = tl.load(LSE + (b * H + h) * N + offs_m, mask=row_ok, other=float("inf"))
-    delta = tl.load(DELTA + (b * H + h) * N + offs_m, mask=row_ok, other=0.0)
-    K += b * stride_kb + h * stride_kh
-    V += b * stride_vb + h * stride_vh
-    KEEP += b * stride_mb
+    lse = tl.load(LSE + offs_m, mask=row_ok, other=float("inf"))
+    delta = tl.load(DELTA + offs_m, mask=row_ok, other=0.0)
     dq = tl.zeros([BLOCK_M, HEAD_DIM], tl.float32)
     for start_n in range(0, N, BLOCK_N):
         offs_n = start_n + tl.arange(0, BLOCK_N)
@@ -360,8 +308,8 @@ def _attn_bwd_dq(Q, K, V, KEEP, DO, LSE, DELTA, DQ,
         ds = p * (dp - delta[:, None])
         dq = tl.dot(ds.to(k.dtype), k, dq, input_precision=DOT_PRECISION)
     dq = dq * scale
-    tl.store(DQ + b * stride_gb + h * stride_gh + offs_m[:, None] * stride_gn + offs_d[None, :] * stride_gd,
-             dq.to(DQ.dtype.element_ty), mask=row_ok[:, None])
+    tl.store(DQ + offs_m[:, None] * stride_gn + offs_d[None, :] * stride_gd, dq.to(DQ.dtype.element_ty),
+             mask=row_ok[:, None])
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -396,6 +344,8 @@ def _forward(q, k, v, keep, scale, upcast=None):
 def _backward(do, q, k, v, o, lse, keep, scale, upcast=None):
     """Launch the backward: returns dq, dk, dv, each (B, H, N, d) in q's dtype."""
     B, H, N, D = q.shape
+    if (N - 1) * do.stride(2) + (D - 1) * do.stride(3) >= SLICE_LIMIT:  # in-slice offsets are int32
+        do = do.contiguous()
     delta = torch.empty_like(lse)
     _attn_bwd_delta[(triton.cdiv(N, 64), B, H)](o, do, delta, *o.stride(), *do.stride(), H, N,
                                                 HEAD_DIM=D, BLOCK_M=64)
@@ -433,57 +383,13 @@ class _FlashAttention(torch.autograd.Function):
 # ----------------------------------------------------------------------------------------------------------
 # Public entry point
 
-def _check(q, k, v, key_padding_mask, scale) -> float:
-    for name, t in (("q", q), ("k", k), ("v", v)):
-        if not isinstance(t, torch.Tensor):
-            raise TypeError(f"{name}: expected a torch.Tensor, got {type(t).__name__}")
-        if t.dim() != 4:
-            raise ValueError(f"{name}: expected a 4-d tensor (B, H, N, d), got shape {tuple(t.shape)}")
-        if t.dtype not in DTYPES:
-            raise TypeError(f"{name}.dtype: expected one of float16, bfloat16, float32, got {t.dtype}")
-    for name, t in (("k", k), ("v", v)):
-        if t.shape != q.shape:
-            raise ValueError(f"{name}.shape: expected q's shape {tuple(q.shape)}, got {tuple(t.shape)}")
-        if t.dtype != q.dtype:
-            raise TypeError(f"{name}.dtype: expected q's dtype {q.dtype}, got {t.dtype}")
-        if t.device != q.device:
-            raise ValueError(f"{name}.device: expected q's device {q.device}, got {t.device}")
-    B, H, N, D = q.shape
-    if D not in HEAD_DIMS:
-        raise ValueError(f"q.shape[-1] (head dim): expected one of {HEAD_DIMS}, got {D}")
-    if min(B, H, N) < 1:
-        raise ValueError(f"q.shape: expected B, H, N >= 1, got {tuple(q.shape)}")
-    if max(B, H) > 65535:  # B and H are grid axes 1 and 2, which CUDA caps at 65535
-        raise ValueError(f"q.shape: expected B, H <= 65535, got {tuple(q.shape)}")
-    if q.device.type != "cuda" and not _INTERPRET:
-        raise ValueError(f"q.device: expected a CUDA tensor (or TRITON_INTERPRET=1 set before import for CPU "
-                         f"tensors), got {q.device}")
-    if key_padding_mask is not None:
-        if not isinstance(key_padding_mask, torch.Tensor):
-            raise TypeError(f"key_padding_mask: expected a bool tensor or None, got {type(key_padding_mask).__name__}")
-        if key_padding_mask.dtype != torch.bool:
-            raise TypeError(f"key_padding_mask.dtype: expected torch.bool, got {key_padding_mask.dtype}")
-        if tuple(key_padding_mask.shape) != (B, N):
-            raise ValueError(f"key_padding_mask.shape: expected (B, N) = {(B, N)}, got "
-                             f"{tuple(key_padding_mask.shape)}")
-        if key_padding_mask.device != q.device:
-            raise ValueError(f"key_padding_mask.device: expected q's device {q.device}, got {key_padding_mask.device}")
-    if scale is None:
-        return 1.0 / math.sqrt(D)
-    if isinstance(scale, bool) or not isinstance(scale, (int, float)):
-        raise TypeError(f"scale: expected a float or None, got {type(scale).__name__}")
-    if not (math.isfinite(scale) and scale > 0):
-        raise ValueError(f"scale: expected a finite positive number, got {scale}")
-    return float(scale)
-
-
 def attention(q, k, v, key_padding_mask=None, scale=None):
     """Flash attention: softmax(q k^T * scale) v over the kept keys. See the module docstring for the contract.
 
     q, k, v: (B, H, N, d) fp16/bf16/fp32; key_padding_mask: bool (B, N), True = keep; scale: float or None
     (1/sqrt(d)). Returns (B, H, N, d) in q's dtype; gradients flow to q, k and v.
     """
-    scale = _check(q, k, v, key_padding_mask, scale)
+    scale = check_inputs(q, k, v, key_padding_mask, scale, interpret=_INTERPRET)
     # bool and uint8 have the same size: the view costs nothing and Triton loads uint8 everywhere.
     keep = None if key_padding_mask is None else key_padding_mask.contiguous().view(torch.uint8)
     return _FlashAttention.apply(q, k, v, keep, scale)
