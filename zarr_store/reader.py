@@ -35,6 +35,7 @@ import numpy as np
 
 from zarr_store._read_layout import EMPTY, ShardLayout, parse_shard_layout
 from zarr_store.errors import BadArgumentError, CorruptChunkError
+from zarr_store.paths import is_url
 
 SIGNALS = "signals"
 # Shard files kept mapped per process: a store of 1M records has ~2,000 (~46 GB at zstd), which a
@@ -68,10 +69,6 @@ def _undelta_rows(a, rows):  # pragma: no cover - compiled
     return a
 
 
-def _is_url(store: str) -> bool:
-    return "://" in store and not store.startswith("file://")
-
-
 class StoreReader:
     """Open a store once; ``read(indices)`` returns any rows, in order, repeats allowed.
 
@@ -85,7 +82,7 @@ class StoreReader:
             raise BadArgumentError(f"mode: expected 'auto', 'direct' or 'zarr', got {mode!r}")
         self.store = str(store)
         self.mode = mode
-        self._url = _is_url(self.store)
+        self._url = is_url(self.store)
         if not self._url:
             self.store = self.store.removeprefix("file://")
         self._reset()

@@ -112,13 +112,6 @@ class ModelConfig:
         return dataclasses.asdict(self)
 
     @classmethod
-    def from_dict(cls, d: dict) -> "ModelConfig":
-        unknown = set(d) - {f.name for f in dataclasses.fields(cls)}
-        if unknown:
-            raise ConfigError(f"ModelConfig: unknown fields {sorted(unknown)}")
-        return cls(**d)
-
-    @classmethod
     def preset(cls, name: str, **overrides) -> "ModelConfig":
         """A named preset ("tiny", "small", "base") with any field overridden."""
         if name not in PRESETS:
@@ -167,10 +160,3 @@ class LossConfig:
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: dict) -> "LossConfig":
-        unknown = set(d) - {f.name for f in dataclasses.fields(cls)}
-        if unknown:
-            raise ConfigError(f"LossConfig: unknown fields {sorted(unknown)}")
-        return cls(**d)
