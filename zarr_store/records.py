@@ -14,6 +14,7 @@ import os
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 
@@ -26,12 +27,12 @@ BAD_REASONS = ("missing header", "malformed header", "missing signal file", "tru
                "all-NaN", "flat", "too short", "no standard leads")
 
 
-@dataclass(frozen=True)
-class PlannedRecord:
+class PlannedRecord(NamedTuple):
     """A record that passed inspection. ``n`` source frames at ``fs`` Hz become ``n_out`` samples at the
     store rate, cut into ``n_windows`` rows. ``lead_idx[j]`` is the source signal of standard lead j
     (-1 = missing); the leads in ``inverted`` are stored negated (signals named "-aVR"). ``wfdb`` marks
-    records read through the wfdb fallback."""
+    records read through the wfdb fallback. A NamedTuple: immutable like a frozen dataclass, and made
+    in ~0.5 µs instead of ~5 (twice per record)."""
 
     source: int
     record_id: str
@@ -50,10 +51,8 @@ class PlannedRecord:
     strat_fold: int
 
     def with_meta(self, age: float, sex: int, labels: str, strat_fold: int) -> PlannedRecord:
-        """This record with other metadata (dataclasses.replace, without its ~8 µs of introspection)."""
-        return PlannedRecord(self.source, self.record_id, self.path, self.fs, self.n, self.n_out,
-                             self.n_windows, self.lead_idx, self.dropped, self.inverted, self.wfdb, age,
-                             sex, labels, strat_fold)
+        """This record with other metadata."""
+        return self._replace(age=age, sex=sex, labels=labels, strat_fold=strat_fold)
 
 
 @dataclass(frozen=True)
@@ -126,7 +125,7 @@ def _inspect(source, path, record_id, rate, window, min_seconds, keep) -> Planne
         # read_digital checks what check_files would (missing, short, unreadable files) when the
         # header gives the length; check_files only when the length comes from the file size.
         n = header.sig_len or wfdb_io.check_files(header, directory)
-        lead_idx, dropped, inverted, sel = _lead_plan(tuple(s.description for s in header.signals))
+        lead_idx, dropped, inverted, sel = _lead_plan(header.facts.descriptions)
         if len(sel) == 0:
             names = [s.description for s in header.signals]
             return BadRecord(source, record_id, "no standard leads", f"signals {names}")
@@ -173,9 +172,10 @@ def _lead_plan(names: tuple[str, ...]) -> tuple[tuple[int, ...], tuple[str, ...]
 
 
 def _is_flat(d: np.ndarray, sel: np.ndarray) -> bool:
-    head = d[:64]
-    if len(sel) == d.shape[1] and (head != head[0]).any():  # almost every real record: decided here
-        return False
+    if len(sel) == d.shape[1]:  # almost every real record is decided by its first frames, as bytes
+        head = d[:64].tobytes()
+        if head != head[: d.shape[1] * d.itemsize] * min(len(d), 64):
+            return False
     if len(sel) == d.shape[1]:
         return bool((d == d[0]).all())
     return bool((d[:, sel] == d[0, sel]).all())
@@ -214,10 +214,11 @@ def record_signal(rec: PlannedRecord, rate: int) -> tuple[np.ndarray, SignalStat
         else:
             header = wfdb_io.read_header(rec.path + ".hea")
             d = wfdb_io.read_digital(header, os.path.dirname(rec.path), rec.n)
+        if d.dtype == np.int16 and rec.n_out == rec.n and header.facts.unit_scale:
+            return _fast_signal(rec, d, header.signals[sel[0]].fmt, present, sel, identity, stats)
         specs = [header.signals[i] for i in sel]
-        unit_scale = all(s.uv == 1.0 and s.baseline == 0 for s in specs)
-        if d.dtype == np.int16 and unit_scale and rec.n_out == rec.n:
-            return _fast_signal(rec, d, specs, present, sel, identity, stats)
+        if d.dtype == np.int16 and rec.n_out == rec.n and all(s.uv == 1.0 and s.baseline == 0 for s in specs):
+            return _fast_signal(rec, d, specs[0].fmt, present, sel, identity, stats)
         x = d[:, sel].astype(np.float64)
         bad = x == np.array([wfdb_io.INVALID[s.fmt] for s in specs], dtype=np.float64)
         x -= np.array([s.baseline for s in specs], dtype=np.float64)
@@ -242,7 +243,7 @@ def record_signal(rec: PlannedRecord, rate: int) -> tuple[np.ndarray, SignalStat
     return out, stats
 
 
-def _fast_signal(rec, d, specs, present, sel, identity, stats) -> tuple[np.ndarray, SignalStats]:
+def _fast_signal(rec, d, fmt, present, sel, identity, stats) -> tuple[np.ndarray, SignalStats]:
     """PTB-XL, CinC: ADC units are already µV at the store rate (int16 samples of format 16, 61 or 80);
     no float round trip."""
     if identity and d.shape[1] == N_LEADS:
@@ -254,7 +255,7 @@ def _fast_signal(rec, d, specs, present, sel, identity, stats) -> tuple[np.ndarr
     # The format's own no-data value (-32768 for 16 and 61, -128 for 80). One value: int16 samples come
     # from one signal file, whose signals share a format (read_digital). It is the lowest value the
     # format holds, so a minimum above it rules it out cheaply (almost every record).
-    invalid = wfdb_io.INVALID[specs[0].fmt]
+    invalid = wfdb_io.INVALID[fmt]
     if out.min() <= invalid:
         bad = out[present] == invalid
         stats.invalid = int(bad.sum())

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import google_crc32c
 import numcodecs
+import numcodecs.blosc
 import numpy as np
 
 from zarr_store.paths import is_url, local_path
@@ -65,14 +66,16 @@ class ChunkEncoder:
     """Encodes one int16 chunk (C-contiguous) to bytes exactly as the zarr pipeline above expects."""
 
     def __init__(self, codec: ChunkCodec):
-        self._blosc = codec.blosc()
+        self._args = (codec.cname.encode(), 1, numcodecs.Blosc.BITSHUFFLE, codec.blocksize)
         self._delta = numcodecs.Delta(dtype="<i2") if codec.name == "delta" else None
 
     def encode(self, chunk: np.ndarray) -> bytes:
+        """What numcodecs.Blosc(cname, 1, BITSHUFFLE, blocksize).encode(chunk) returns, without its
+        argument checks (~2 µs a chunk): the chunk is int16 and C-contiguous by contract."""
         assert chunk.dtype == np.int16 and chunk.flags.c_contiguous
         if self._delta is not None:
             chunk = self._delta.encode(chunk)
-        return self._blosc.encode(chunk)
+        return numcodecs.blosc.compress(chunk, *self._args)
 
 
 def build_shard(chunks: list[bytes | None], n_per_shard: int) -> list[bytes]:

@@ -93,13 +93,46 @@ class Header:
     comments: tuple[str, ...] = ()
     counter_freq: float | None = None
     n_seg: int = 1
+    layout: Layout | None = field(default=None, compare=False, repr=False)  # None: computed when asked
+
+    @property
+    def facts(self) -> Layout:
+        return self.layout if self.layout is not None else _layout(self.signals, self.files)
 
     @property
     def numpy_readable(self) -> bool:
         """True when every signal is in a format our numpy readers handle."""
-        return self.n_seg == 1 and all(
-            s.fmt in NUMPY_FORMATS and s.spf == 1 and s.skew == 0 for s in self.signals
-        ) and "~" not in self.files
+        return self.n_seg == 1 and self.facts.numpy_readable
+
+
+@dataclass(frozen=True)
+class Layout:
+    """What follows from a header's signal lines alone. An archive repeats a handful of them, so
+    parse_header computes this once per distinct set of lines (per record it would cost ~15 µs)."""
+
+    numpy_readable: bool  # every signal in a format our numpy readers handle
+    groups: dict[str, tuple[int, ...]]  # signal file -> its signals, in frame order (do not modify)
+    descriptions: tuple[str, ...]
+    mixed: str | None  # a signal file whose signals have different formats, else None
+    unit_scale: bool  # every signal is in µV with baseline 0: ADC values are the stored values
+
+
+def _layout(signals: tuple[SignalSpec, ...], files: tuple[str, ...]) -> Layout:
+    groups: dict[str, list[int]] = {}
+    for i, file in enumerate(files):
+        groups.setdefault(file, []).append(i)
+    mixed = next((f for f, idx in groups.items() if any(signals[i].fmt != signals[idx[0]].fmt for i in idx)), None)
+    readable = all(s.fmt in NUMPY_FORMATS and s.spf == 1 and s.skew == 0 for s in signals) and "~" not in files
+    return Layout(readable, {f: tuple(idx) for f, idx in groups.items()}, tuple(s.description for s in signals),
+                  mixed, all(s.uv == 1.0 and s.baseline == 0 for s in signals))
+
+
+@functools.lru_cache(maxsize=1024)
+def _signal_lines(key: tuple[tuple[str, str, str, str, str], ...]) -> tuple[tuple[SignalSpec, ...], tuple[str, ...], Layout]:
+    """(signals, files, layout) of signal lines given as (file, format, gain, ADC zero, description)."""
+    signals = tuple(_signal_spec(fmt, gain, adc_zero, desc) for _, fmt, gain, adc_zero, desc in key)
+    files = tuple(k[0] for k in key)
+    return signals, files, _layout(signals, files)
 
 
 def _bad(what: str) -> RecordError:
@@ -142,17 +175,17 @@ def parse_header(text: str) -> Header:
         return Header(name, n_sig, fs, sig_len, (), (), tuple(comments), counter, n_seg)
     if len(lines) - 1 < n_sig:
         raise _bad(f"{n_sig} signals announced, {len(lines) - 1} signal lines found")
-    files, signals = [], []
+    key = []
     for line in lines[1 : 1 + n_sig]:
         f = line.split(None, 8)
         if len(f) < 2:
             raise _bad(f"signal line {line!r} has fewer than 2 fields")
-        files.append(f[0])
         # The initial value and checksum (fields 5, 6) differ between records and are not used; the
-        # rest repeats across an archive, so each distinct text is parsed once (cached).
-        signals.append(_signal_spec(f[1], f[2] if len(f) > 2 else "", f[4] if len(f) > 4 else "",
-                                    f[8].strip() if len(f) > 8 else ""))
-    return Header(name, n_sig, fs, sig_len, tuple(signals), tuple(files), tuple(comments), counter, n_seg)
+        # rest repeats across an archive, so each distinct set of lines is parsed once (cached).
+        n = len(f)
+        key.append((f[0], f[1], f[2] if n > 2 else "", f[4] if n > 4 else "", f[8].strip() if n > 8 else ""))
+    signals, files, layout = _signal_lines(tuple(key))
+    return Header(name, n_sig, fs, sig_len, signals, files, tuple(comments), counter, n_seg, layout)
 
 
 def _int(text: str, what: str) -> int:
@@ -213,12 +246,10 @@ def _read_small(path) -> bytes:
     return parts[0] if len(parts) == 1 else b"".join(parts)
 
 
-def signal_groups(header: Header) -> dict[str, list[int]]:
-    """Signal file name -> indices of its signals, in header order (the frame order inside the file)."""
-    groups: dict[str, list[int]] = {}
-    for i, file in enumerate(header.files):
-        groups.setdefault(file, []).append(i)
-    return groups
+def signal_groups(header: Header) -> dict[str, tuple[int, ...]]:
+    """Signal file name -> indices of its signals, in header order (the frame order inside the file).
+    Shared: do not modify."""
+    return header.facts.groups
 
 
 def expected_bytes(fmt: int, n_values: int) -> int:
@@ -263,18 +294,19 @@ def read_digital(header: Header, directory: str | os.PathLike, n: int | None = N
     holds all signals (a view of the file's bytes, no copy), int32 otherwise. ``n`` frames (default
     ``header.sig_len``). Raises RecordError on a missing, short or unreadable file."""
     n = header.sig_len if n is None else n
-    groups = signal_groups(header)
+    facts = header.facts
+    if facts.mixed is not None:
+        raise _bad(f"signals in {facts.mixed} have different formats")
+    groups = facts.groups
     out = None
     for file, idx in groups.items():
         spec = header.signals[idx[0]]
-        if any(header.signals[i].fmt != spec.fmt for i in idx):
-            raise _bad(f"signals in {file} have different formats")
         values = _read_file(os.path.join(directory, file), spec.fmt, spec.offset, n * len(idx)).reshape(n, len(idx))
         if len(groups) == 1:
             return values
         if out is None:
             out = np.empty((n, header.n_sig), dtype=np.int32)
-        out[:, idx] = values
+        out[:, list(idx)] = values
     if out is None:
         return np.empty((n, 0), dtype=np.int32)
     return out

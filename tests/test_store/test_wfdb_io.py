@@ -42,7 +42,7 @@ def test_header_oddities():
     assert (b.gain, b.baseline, b.description) == (200.0, 7, "lead V5 modified")  # gain 0 = 200, baseline = adc zero
     assert (c.fmt, c.offset, c.gain, c.units) == (16, 24, 1000.0, "mV")
     assert h.files == ("rec.dat", "rec.dat", "x.mat")
-    assert wfdb_io.signal_groups(h) == {"rec.dat": [0, 1], "x.mat": [2]}
+    assert wfdb_io.signal_groups(h) == {"rec.dat": (0, 1), "x.mat": (2,)}
     assert h.comments == ("leading comment", "Dx: 1, 2")
 
 
