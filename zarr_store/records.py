@@ -51,8 +51,8 @@ class PlannedRecord(NamedTuple):
     strat_fold: int
 
     def with_meta(self, age: float, sex: int, labels: str, strat_fold: int) -> PlannedRecord:
-        """This record with other metadata."""
-        return self._replace(age=age, sex=sex, labels=labels, strat_fold=strat_fold)
+        """This record with other metadata (the last four fields)."""
+        return PlannedRecord(*self[:11], age, sex, labels, strat_fold)
 
 
 @dataclass(frozen=True)
@@ -120,7 +120,7 @@ def inspect_record(source: int, root: str, record_id: str, rate: int, window: in
 def _inspect(source, path, record_id, rate, window, min_seconds, keep) -> PlannedRecord | BadRecord:
     directory = os.path.dirname(path)
     header = wfdb_io.read_header(path + ".hea")
-    meta = sources.comment_meta(header.comments)
+    meta = sources.comment_meta(header.comments) if header.comments else _NO_META
     if header.numpy_readable:
         # read_digital checks what check_files would (missing, short, unreadable files) when the
         # header gives the length; check_files only when the length comes from the file size.
@@ -157,6 +157,9 @@ def _inspect(source, path, record_id, rate, window, min_seconds, keep) -> Planne
         _CACHE[path] = cached
     return PlannedRecord(source, record_id, path, float(fs), int(n), int(n_out), int(n_windows),
                          lead_idx, dropped, inverted, use_wfdb, meta.age, meta.sex, meta.labels, meta.strat_fold)
+
+
+_NO_META = sources.RecordMeta()  # read only
 
 
 @functools.lru_cache(maxsize=1024)

@@ -92,6 +92,35 @@ def build_shard(chunks: list[bytes | None], n_per_shard: int) -> list[bytes]:
     return [c for c in chunks if c is not None] + [index_bytes, crc]
 
 
+class ShardFile:
+    """One shard file written chunk by chunk, in slot order: byte for byte what build_shard makes of
+    the same chunks, without holding them. Each encoded chunk is freed once written; holding a
+    shard's (23 MB for PTB-XL) cost ~10 page faults per record in fresh memory, ~15 µs."""
+
+    def __init__(self, io: StoreIO, key: str, n_per_shard: int):
+        self.index = np.full((n_per_shard, 2), EMPTY, dtype="<u8")
+        self._offset, self._last = 0, -1
+        self._out = io.open_write(key)
+
+    def put(self, slot: int, data: bytes) -> None:
+        if slot <= self._last:
+            raise ValueError(f"slot: expected more than {self._last} (chunks go in slot order), got {slot}")
+        self.index[slot] = (self._offset, len(data))
+        self._offset += len(data)
+        self._last = slot
+        self._out.write(data)
+
+    def commit(self) -> None:
+        """Append the index and its checksum; the file then appears whole at its key."""
+        index_bytes = self.index.tobytes()
+        self._out.write(index_bytes)
+        self._out.write(np.uint32(google_crc32c.value(index_bytes)).astype("<u4").tobytes())
+        self._out.commit()
+
+    def abort(self) -> None:
+        self._out.abort()
+
+
 def split_shard(data: bytes, n_per_shard: int) -> list[bytes | None]:
     """Inverse of build_shard: the encoded chunks of a shard file (None where empty)."""
     size = n_per_shard * 16 + 4
@@ -124,24 +153,22 @@ class StoreIO:
 
     def write(self, key: str, data: bytes | list[bytes]) -> None:
         """Write ``data`` (bytes, or parts to concatenate) at ``key`` atomically."""
-        path = self._path(key)
         parts = [data] if isinstance(data, (bytes, bytearray, memoryview)) else data
         if not self.local:
-            self.fs.pipe_file(path, b"".join(parts))
+            self.fs.pipe_file(self._path(key), b"".join(parts))
             return
-        tmp = path.with_name(f".tmp-{path.name}-{os.getpid()}-{uuid.uuid4().hex[:8]}")
+        out = self.open_write(key)
         try:
-            try:
-                fh = open(tmp, "wb")
-            except FileNotFoundError:  # a new folder: made only then (mkdir costs ~60 µs even when it exists)
-                path.parent.mkdir(parents=True, exist_ok=True)
-                fh = open(tmp, "wb")
-            with fh:
-                fh.writelines(parts)
-            os.replace(tmp, path)
+            for part in parts:
+                out.write(part)
         except BaseException:
-            Path(tmp).unlink(missing_ok=True)
+            out.abort()
             raise
+        out.commit()
+
+    def open_write(self, key: str) -> AtomicWrite:
+        """A file at ``key`` written piece by piece: it appears whole at commit, never in part."""
+        return AtomicWrite(self, key)
 
     def read(self, key: str) -> bytes | None:
         path = self._path(key)
@@ -187,6 +214,53 @@ class StoreIO:
             return int(self.fs.du(path))
         except FileNotFoundError:
             return 0
+
+
+class AtomicWrite:
+    """Local: pieces go to a temporary file beside the target, renamed onto it by commit. fsspec:
+    pieces are collected and put as one object (single-object puts are atomic on object stores)."""
+
+    def __init__(self, io: StoreIO, key: str):
+        self._io, self._path = io, io._path(key)
+        if not io.local:
+            self._parts: list = []
+            return
+        path = self._path
+        self._tmp = path.with_name(f".tmp-{path.name}-{os.getpid()}-{uuid.uuid4().hex[:8]}")
+        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL
+        try:
+            self._fd = os.open(self._tmp, flags, 0o644)
+        except FileNotFoundError:  # a new folder: made only then (mkdir costs ~60 µs even when it exists)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            self._fd = os.open(self._tmp, flags, 0o644)
+
+    def write(self, data) -> None:
+        """Write all of ``data`` (unbuffered: one copy, into the page cache)."""
+        if not self._io.local:
+            self._parts.append(bytes(data))
+            return
+        view = memoryview(data)
+        while view:
+            view = view[os.write(self._fd, view):]
+
+    def commit(self) -> None:
+        if not self._io.local:
+            self._io.fs.pipe_file(self._path, b"".join(self._parts))
+            return
+        try:
+            os.close(self._fd)
+            self._fd = None
+            os.replace(self._tmp, self._path)
+        except BaseException:
+            self.abort()
+            raise
+
+    def abort(self) -> None:
+        if self._io.local:
+            if self._fd is not None:
+                os.close(self._fd)
+                self._fd = None
+            self._tmp.unlink(missing_ok=True)
 
 
 def meta_array_files(template: dict, values: np.ndarray, json_indent) -> list[tuple[str, list[bytes]]] | None:

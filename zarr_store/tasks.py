@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from zarr_store.records import N_LEADS, PlannedRecord, record_signal
-from zarr_store.shard_writer import ChunkCodec, ChunkEncoder, StoreIO, build_shard, split_shard
+from zarr_store.shard_writer import ChunkCodec, ChunkEncoder, ShardFile, StoreIO, split_shard
 
 
 @dataclass(frozen=True)
@@ -57,38 +57,48 @@ def run_shard_task(task: ShardTask, on_rows=None) -> dict:
     io = StoreIO(task.url)
     encoder = ChunkEncoder(ChunkCodec(task.codec, blocksize=N_LEADS * task.window * 2))
     base = task.shard * task.shard_size
-    chunks: list[bytes | None] = [None] * task.shard_size
-    if task.first_new > base:  # appending into a shard that holds earlier rows: keep their bytes
-        old = io.read(task.key)
-        if old is not None:
-            kept = split_shard(old, task.shard_size)
-            chunks[: task.first_new - base] = kept[: task.first_new - base]
-    lo = max(task.row_start, task.first_new)
-    clipped = invalid = 0
-    pad = np.zeros((N_LEADS, task.window), dtype=np.int16)
-    for rec, first in zip(task.records, task.first_rows):
-        signal, stats = _signal(rec, task.rate)
-        j0, j1 = max(lo - first, 0), min(task.row_end - first, rec.n_windows)
-        for j in range(j0, j1):
-            a, b = j * task.window, min((j + 1) * task.window, signal.shape[1])
-            if b - a == task.window:
-                chunk = np.ascontiguousarray(signal[:, a:b])
-            else:
-                chunk = pad.copy()
-                chunk[:, : b - a] = signal[:, a:b]
-            chunks[first + j - base] = encoder.encode(chunk)
-        if j1 == rec.n_windows:  # count a record's samples once, in the shard holding its last row
-            clipped += stats.clipped
-            invalid += stats.invalid
-        if on_rows is not None and j1 > j0:
-            on_rows(j1 - j0)
+    shard = ShardFile(io, task.key, task.shard_size)
+    try:
+        if task.first_new > base:  # appending into a shard that holds earlier rows: keep their bytes
+            old = io.read(task.key)
+            if old is not None:
+                for i, c in enumerate(split_shard(old, task.shard_size)[: task.first_new - base]):
+                    if c is not None:
+                        shard.put(i, c)
+        lo = max(task.row_start, task.first_new)
+        clipped = invalid = 0
+        for rec, first in zip(task.records, task.first_rows):
+            signal, stats = _signal(rec, task.rate)
+            j0, j1 = max(lo - first, 0), min(task.row_end - first, rec.n_windows)
+            for j in range(j0, j1):
+                shard.put(first + j - base, encoder.encode(_window(signal, j, task.window)))
+            if j1 == rec.n_windows:  # count a record's samples once, in the shard holding its last row
+                clipped += stats.clipped
+                invalid += stats.invalid
+            if on_rows is not None and j1 > j0:
+                on_rows(j1 - j0)
+        shard.commit()
+    except BaseException:
+        shard.abort()
+        raise
     if task.records and task.first_rows[-1] + task.records[-1].n_windows <= task.row_end:
         _LAST[:] = [None, None, None]  # no later shard needs the last record
-    io.write(task.key, build_shard(chunks, task.shard_size))
     result = {"shard": task.shard, "rows": task.row_end - lo, "clipped": clipped, "invalid": invalid,
               "digest": task.digest}
     io.write(task.marker, json.dumps(result).encode())
     return result
+
+
+def _window(signal: np.ndarray, j: int, window: int) -> np.ndarray:
+    """Row ``j`` of a (12, n) signal: window ``j``, C-contiguous, zero-padded at the end."""
+    a, b = j * window, min((j + 1) * window, signal.shape[1])
+    if b - a == signal.shape[1]:  # the whole record is one row (PTB-XL): no slicing
+        return signal
+    if b - a == window:
+        return np.ascontiguousarray(signal[:, a:b])
+    chunk = np.zeros((N_LEADS, window), dtype=np.int16)
+    chunk[:, : b - a] = signal[:, a:b]
+    return chunk
 
 
 # The last record converted, kept while the next shard may need it: a record longer than a shard

@@ -213,11 +213,11 @@ def test_windows_padding_and_clipping(tmp_path):
 _KILLED_RUN = """
 import sys, time
 import zarr_store.tasks as tasks
-real = tasks.build_shard
+real = tasks.ShardFile.commit
 def slow(*a, **k):
     time.sleep(0.15)  # slow shards, so that the kill lands mid-run
     return real(*a, **k)
-tasks.build_shard = slow
+tasks.ShardFile.commit = slow
 from zarr_store.convert import convert
 convert([sys.argv[1]], sys.argv[2], progress=False, shard_size=8)
 """
