@@ -55,16 +55,10 @@ def run_shard_task(task: ShardTask, on_rows=None) -> dict:
     """Build and write the shard, then the marker; returns the marker's content (rows, clipped and
     no-data sample counts). ``on_rows(n)`` is called as rows are encoded (progress)."""
     io = StoreIO(task.url)
-    encoder = ChunkEncoder(ChunkCodec(task.codec, blocksize=N_LEADS * task.window * 2))
+    encoder = _encoder(task.codec, task.window)
     base = task.shard * task.shard_size
-    shard = ShardFile(io, task.key, task.shard_size)
+    shard = _open_shard(io, task.key, task.shard_size, base, task.first_new)
     try:
-        if task.first_new > base:  # appending into a shard that holds earlier rows: keep their bytes
-            old = io.read(task.key)
-            if old is not None:
-                for i, c in enumerate(split_shard(old, task.shard_size)[: task.first_new - base]):
-                    if c is not None:
-                        shard.put(i, c)
         lo = max(task.row_start, task.first_new)
         clipped = invalid = 0
         for rec, first in zip(task.records, task.first_rows):
@@ -83,8 +77,87 @@ def run_shard_task(task: ShardTask, on_rows=None) -> dict:
         raise
     if task.records and task.first_rows[-1] + task.records[-1].n_windows <= task.row_end:
         _LAST[:] = [None, None, None]  # no later shard needs the last record
-    result = {"shard": task.shard, "rows": task.row_end - lo, "clipped": clipped, "invalid": invalid,
-              "digest": task.digest}
+    return _marker(io, task, clipped, invalid)
+
+
+class ShardStream:
+    """In-process conversion, rows encoded as records arrive: ``add`` encodes a record's rows into
+    its shards' files (open until ``finish``), so a record's samples are needed only briefly (see
+    plan.run_streaming). Shards in ``skip`` (a marker from an earlier run) are left to
+    run_shard_task, which checks the marker's digest. The files are byte for byte those of
+    run_shard_task (tested)."""
+
+    def __init__(self, url: str, shard_size: int, first_new: int, rate: int, window: int, codec: str,
+                 skip: set[int]):
+        self.io, self.size, self.first_new, self.rate, self.window = StoreIO(url), shard_size, first_new, rate, window
+        self.encoder = _encoder(codec, window)
+        self.skip = skip
+        self.open: dict[int, list] = {}  # shard -> [ShardFile, clipped, invalid]
+        self._out = np.empty((N_LEADS, 0), dtype=np.int16)
+
+    def add(self, rec: PlannedRecord, first: int) -> None:
+        """Encode the rows of ``rec`` (first row ``first``) that fall in shards this stream writes."""
+        rows = [r for r in range(first, first + rec.n_windows) if r // self.size not in self.skip]
+        if not rows:
+            return
+        if self._out.shape[1] != rec.n_out:
+            self._out = np.empty((N_LEADS, rec.n_out), dtype=np.int16)
+        signal, stats = record_signal(rec, self.rate, out=self._out)  # encoded at once: one buffer serves
+        for r in rows:
+            k = r // self.size
+            entry = self.open.get(k) or self._new(k)
+            entry[0].put(r - k * self.size, self.encoder.encode(_window(signal, r - first, self.window)))
+        last = (first + rec.n_windows - 1) // self.size
+        if last not in self.skip:  # a record's samples count once, in the shard of its last row
+            self.open[last][1] += stats.clipped
+            self.open[last][2] += stats.invalid
+
+    def __contains__(self, shard: int) -> bool:
+        return shard not in self.skip
+
+    def covers(self, first: int, n: int) -> bool:
+        """True when this stream writes every shard holding rows [first, first + n)."""
+        return all(k not in self.skip for k in range(first // self.size, (first + n - 1) // self.size + 1))
+
+    def finish(self, task: ShardTask) -> dict:
+        """Complete the shard of ``task`` (every row added) and write its marker; returns it."""
+        shard, clipped, invalid = self.open.pop(task.shard, None) or self._new(task.shard, keep=False)
+        shard.commit()
+        return _marker(self.io, task, clipped, invalid)
+
+    def close(self) -> None:
+        """Drop unfinished shards' temporary files (after an error)."""
+        for shard, _, _ in self.open.values():
+            shard.abort()
+        self.open.clear()
+
+    def _new(self, k: int, keep: bool = True) -> list:
+        entry = [_open_shard(self.io, f"signals/c/{k}/0/0", self.size, k * self.size, self.first_new), 0, 0]
+        if keep:
+            self.open[k] = entry
+        return entry
+
+
+def _encoder(codec: str, window: int) -> ChunkEncoder:
+    return ChunkEncoder(ChunkCodec(codec, blocksize=N_LEADS * window * 2))
+
+
+def _open_shard(io: StoreIO, key: str, size: int, base: int, first_new: int) -> ShardFile:
+    """A new shard file; when it holds rows of earlier conversions (an append), their encoded chunks
+    are copied from the existing file first."""
+    shard = ShardFile(io, key, size)
+    if first_new > base:
+        old = io.read(key)
+        if old is not None:
+            for i, c in enumerate(split_shard(old, size)[: first_new - base]):
+                if c is not None:
+                    shard.put(i, c)
+    return shard
+
+
+def _marker(io: StoreIO, task: ShardTask, clipped: int, invalid: int) -> dict:
+    result = {"shard": task.shard, "rows": task.row_end - max(task.row_start, task.first_new),
+              "clipped": clipped, "invalid": invalid, "digest": task.digest}
     io.write(task.marker, json.dumps(result).encode())
     return result
 

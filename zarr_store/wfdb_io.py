@@ -290,10 +290,26 @@ def check_files(header: Header, directory: str | os.PathLike) -> int:
     return n
 
 
-def read_digital(header: Header, directory: str | os.PathLike, n: int | None = None) -> np.ndarray:
+class ReadBuffer:
+    """Memory for signal-file reads that is used again: fresh memory costs a page fault per 4 kB
+    touched (~2 µs each on our VMs, ~60 µs for a 120 kB PTB-XL file)."""
+
+    def __init__(self):
+        self._buf = bytearray()
+
+    def view(self, nbytes: int) -> memoryview:
+        if len(self._buf) < nbytes:  # a new bytearray: arrays over the old one stay valid
+            self._buf = bytearray(nbytes)
+        return memoryview(self._buf)[:nbytes]
+
+
+def read_digital(header: Header, directory: str | os.PathLike, n: int | None = None,
+                 buffer: ReadBuffer | None = None) -> np.ndarray:
     """ADC values, shape (n, n_sig) in frame order: int16 when every file is format 16 and one file
     holds all signals (a view of the file's bytes, no copy), int32 otherwise. ``n`` frames (default
-    ``header.sig_len``). Raises RecordError on a missing, short or unreadable file."""
+    ``header.sig_len``). With ``buffer``, a local single file is read into it: an int16 result is
+    then a view of it, valid until the buffer is used again. Raises RecordError on a missing, short
+    or unreadable file."""
     n = header.sig_len if n is None else n
     facts = header.facts
     if facts.mixed is not None:
@@ -302,7 +318,8 @@ def read_digital(header: Header, directory: str | os.PathLike, n: int | None = N
     out = None
     for file, idx in groups.items():
         spec = header.signals[idx[0]]
-        values = _read_file(os.path.join(directory, file), spec.fmt, spec.offset, n * len(idx)).reshape(n, len(idx))
+        values = _read_file(os.path.join(directory, file), spec.fmt, spec.offset, n * len(idx),
+                            buffer if len(groups) == 1 else None).reshape(n, len(idx))
         if len(groups) == 1:
             return values
         if out is None:
@@ -313,7 +330,7 @@ def read_digital(header: Header, directory: str | os.PathLike, n: int | None = N
     return out
 
 
-def _read_file(path: str, fmt: int, offset: int, count: int) -> np.ndarray:
+def _read_file(path: str, fmt: int, offset: int, count: int, buffer: ReadBuffer | None = None) -> np.ndarray:
     nbytes = expected_bytes(fmt, count)
     try:
         if is_url(path):
@@ -321,12 +338,21 @@ def _read_file(path: str, fmt: int, offset: int, count: int) -> np.ndarray:
             return _decode(raw, nbytes, fmt, offset, count, path)
         fd = os.open(path, os.O_RDONLY)  # os.pread: one copy, and no file object (~2 µs a record)
         try:
-            raw = os.pread(fd, nbytes, offset)
-            while len(raw) < nbytes:  # a read returns at most ~2 GiB at a time
-                more = os.pread(fd, nbytes - len(raw), offset + len(raw))
-                if not more:
-                    break
-                raw += more
+            if buffer is not None:
+                view, got = buffer.view(nbytes), 0
+                while got < nbytes:  # a read returns at most ~2 GiB at a time
+                    k = os.preadv(fd, [view[got:]], offset + got)
+                    if not k:
+                        break
+                    got += k
+                raw = view[:got]
+            else:
+                raw = os.pread(fd, nbytes, offset)
+                while len(raw) < nbytes:
+                    more = os.pread(fd, nbytes - len(raw), offset + len(raw))
+                    if not more:
+                        break
+                    raw += more
         finally:
             os.close(fd)
     except FileNotFoundError:
@@ -336,7 +362,7 @@ def _read_file(path: str, fmt: int, offset: int, count: int) -> np.ndarray:
     return _decode(raw, nbytes, fmt, offset, count, path)
 
 
-def _decode(raw: bytes, nbytes: int, fmt: int, offset: int, count: int, path: str) -> np.ndarray:
+def _decode(raw: bytes | memoryview, nbytes: int, fmt: int, offset: int, count: int, path: str) -> np.ndarray:
     if len(raw) < nbytes:
         raise RecordError(f"truncated: {os.path.basename(path)} holds {len(raw)} bytes after offset {offset}, need {nbytes}")
     b = np.frombuffer(raw, dtype=np.uint8)
