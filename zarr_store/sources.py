@@ -28,6 +28,7 @@ import posixpath
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import NamedTuple
 
 from zarr_store.paths import cat_url, is_url, url_fs
 
@@ -85,8 +86,9 @@ def comment_meta(comments: tuple[str, ...] | list[str]) -> RecordMeta:
     return meta
 
 
-@dataclass(frozen=True)
-class PtbxlRow:
+class PtbxlRow(NamedTuple):
+    """One ptbxl_database.csv row's fields (a NamedTuple: PTB-XL's table has ~22,000 rows)."""
+
     labels: str
     strat_fold: int
     age: float
