@@ -171,10 +171,13 @@ def run_streaming(plan: Plan, batches, done: dict, bar) -> None:
     group: list[tuple[PlannedRecord, int]] = []
 
     def encode_group():
+        done_now = 0
         for r, first in group:
             stream.add(r, first)
             if stream.covers(first, r.n_windows):
                 release_cache(r.path)  # else run_shard_task may read it for a shard of an earlier run
+            done_now += (first + r.n_windows - 1) // opts.shard_size in stream  # else counted by _run_one
+        bar.update(done_now)
         group.clear()
 
     try:
@@ -199,11 +202,14 @@ def run_streaming(plan: Plan, batches, done: dict, bar) -> None:
 
 
 def _run_one(plan: Plan, task: ShardTask, done: dict, bar, stream: ShardStream) -> None:
+    """Finish the shard of ``task``: a streamed one (its records were counted as they were encoded),
+    or one an earlier run wrote (its marker checked, rewritten if it does not match)."""
     if task.shard in stream:
         plan.finished(stream.finish(task))
-    elif not plan.is_done(task, done):
-        plan.finished(run_shard_task(task))
-    bar.update(_records_ending(task))
+    else:
+        if not plan.is_done(task, done):
+            plan.finished(run_shard_task(task))
+        bar.update(_records_ending(task))
     for r, first in zip(task.records, task.first_rows):
         if first + r.n_windows <= task.row_end:
             release_cache(r.path)

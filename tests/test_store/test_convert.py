@@ -210,6 +210,52 @@ def test_windows_padding_and_clipping(tmp_path):
                                   np.clip(big_uv, -32768, 32767))
 
 
+class _CountingBar:
+    """Stands in for tqdm: records what the conversion reports."""
+    seen: list = []
+
+    def __init__(self, total=None, **_):
+        self.total, self.n = total, 0
+        _CountingBar.seen.append(self)
+
+    def update(self, k=1):
+        assert k >= 0
+        self.n += k
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
+
+
+def test_progress_counts_every_record_once(tmp_path, monkeypatch):
+    """In-process, the bar reaches its total: records counted as their group is encoded, bad ones at
+    once, and those of shards an earlier (interrupted) run wrote when their marker is checked."""
+    import tqdm.auto
+
+    import zarr_store.tasks as tasks
+
+    monkeypatch.setattr(tqdm.auto, "tqdm", _CountingBar)
+    arch = write_archive(tmp_path / "arch", n=14, fs=360, seconds=12.0, bad=("flat", "truncated"))
+    real, calls = tasks.ShardStream.finish, []
+
+    def finish_then_fail(self, task):
+        calls.append(task.shard)
+        if len(calls) == 2:
+            raise KeyboardInterrupt  # interrupted after the first shard is written
+        return real(self, task)
+
+    monkeypatch.setattr(tasks.ShardStream, "finish", finish_then_fail)
+    with pytest.raises(KeyboardInterrupt):
+        convert([arch.root], tmp_path / "s.zarr", shard_size=3)
+    monkeypatch.setattr(tasks.ShardStream, "finish", real)
+    summary = convert([arch.root], tmp_path / "s.zarr", shard_size=3)
+    assert summary.shards_resumed == 1 and summary.rows == 28
+    bar = _CountingBar.seen[-1]
+    assert bar.total == 16 and bar.n == 16
+
+
 _KILLED_RUN = """
 import sys, time
 import zarr_store.tasks as tasks
