@@ -164,7 +164,7 @@ def _inspect(source, path, record_id, rate, window, min_seconds, buffer) -> tupl
             return None, BadRecord(source, record_id, "flat", "every standard lead is constant")
         fs, use_wfdb = header.fs, True
         cached = (None, x)
-    n_out = n_resampled(n, fs, rate)
+    n_out = n if fs == rate else n_resampled(n, fs, rate)
     min_samples = math.ceil(min_seconds * rate)
     n_windows = windows_of(n_out, window, min_samples) if n_out >= min_samples else 0
     if n_windows == 0:

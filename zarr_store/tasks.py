@@ -97,7 +97,9 @@ class ShardStream:
 
     def add(self, rec: PlannedRecord, first: int) -> None:
         """Encode the rows of ``rec`` (first row ``first``) that fall in shards this stream writes."""
-        rows = [r for r in range(first, first + rec.n_windows) if r // self.size not in self.skip]
+        rows = range(first, first + rec.n_windows)
+        if self.skip:
+            rows = [r for r in rows if r // self.size not in self.skip]
         if not rows:
             return
         if self._out.shape[1] != rec.n_out:
