@@ -98,7 +98,7 @@ class Header(NamedTuple):
 
     @property
     def facts(self) -> Layout:
-        return self.layout if self.layout is not None else _layout(self.signals, self.files)
+        return self.layout if self.layout is not None else _layout(self.signals, _file_pattern(self.files))
 
     @property
     def numpy_readable(self) -> bool:
@@ -108,32 +108,44 @@ class Header(NamedTuple):
 
 @dataclass(frozen=True)
 class Layout:
-    """What follows from a header's signal lines alone. An archive repeats a handful of them, so
-    parse_header computes this once per distinct set of lines (per record it would cost ~15 µs)."""
+    """What follows from a header's signal lines alone, file names aside. An archive repeats a
+    handful of them (PTB-XL: one, with a different file name per record), so parse_header computes
+    this once per distinct set of lines (per record it would cost ~15 µs)."""
 
-    numpy_readable: bool  # every signal in a format our numpy readers handle
-    groups: dict[str, tuple[int, ...]]  # signal file -> its signals, in frame order (do not modify)
+    numpy_readable: bool  # every signal in a format our numpy readers handle, and in a file
+    group_lines: tuple[tuple[int, ...], ...]  # the signals of each signal file, files in order of appearance
     descriptions: tuple[str, ...]
-    mixed: str | None  # a signal file whose signals have different formats, else None
+    mixed: int | None  # a signal whose file holds signals of different formats, else None
     unit_scale: bool  # every signal is in µV with baseline 0: ADC values are the stored values
 
 
-def _layout(signals: tuple[SignalSpec, ...], files: tuple[str, ...]) -> Layout:
-    groups: dict[str, list[int]] = {}
-    for i, file in enumerate(files):
-        groups.setdefault(file, []).append(i)
-    mixed = next((f for f, idx in groups.items() if any(signals[i].fmt != signals[idx[0]].fmt for i in idx)), None)
-    readable = all(s.fmt in NUMPY_FORMATS and s.spf == 1 and s.skew == 0 for s in signals) and "~" not in files
-    return Layout(readable, {f: tuple(idx) for f, idx in groups.items()}, tuple(s.description for s in signals),
+_ONE_FILE = [(0,) * k for k in range(33)]
+
+
+def _file_pattern(files: tuple[str, ...]) -> tuple[int, ...]:
+    """Per signal, the first signal in the same file (-1: no file, "~")."""
+    if files and files[0] != "~" and files.count(files[0]) == len(files):  # one file (most headers)
+        return _ONE_FILE[len(files)] if len(files) < len(_ONE_FILE) else (0,) * len(files)
+    first: dict[str, int] = {}
+    return tuple(-1 if f == "~" else first.setdefault(f, i) for i, f in enumerate(files))
+
+
+def _layout(signals: tuple[SignalSpec, ...], pattern: tuple[int, ...]) -> Layout:
+    groups: dict[int, list[int]] = {}
+    for i, g in enumerate(pattern):
+        groups.setdefault(i if g < 0 else g, []).append(i)
+    mixed = next((idx[0] for idx in groups.values() if any(signals[i].fmt != signals[idx[0]].fmt for i in idx)), None)
+    readable = all(s.fmt in NUMPY_FORMATS and s.spf == 1 and s.skew == 0 for s in signals) and -1 not in pattern
+    return Layout(readable, tuple(tuple(idx) for idx in groups.values()), tuple(s.description for s in signals),
                   mixed, all(s.uv == 1.0 and s.baseline == 0 for s in signals))
 
 
 @functools.lru_cache(maxsize=1024)
-def _signal_lines(key: tuple[tuple[str, str, str, str, str], ...]) -> tuple[tuple[SignalSpec, ...], tuple[str, ...], Layout]:
-    """(signals, files, layout) of signal lines given as (file, format, gain, ADC zero, description)."""
-    signals = tuple(_signal_spec(fmt, gain, adc_zero, desc) for _, fmt, gain, adc_zero, desc in key)
-    files = tuple(k[0] for k in key)
-    return signals, files, _layout(signals, files)
+def _signal_lines(key: tuple[tuple[str, str, str, str], ...], pattern: tuple[int, ...]) -> tuple[tuple[SignalSpec, ...], Layout]:
+    """(signals, layout) of signal lines given as (format, gain, ADC zero, description) and which
+    signals share a file (_file_pattern)."""
+    signals = tuple(_signal_spec(*k) for k in key)
+    return signals, _layout(signals, pattern)
 
 
 def _bad(what: str) -> RecordError:
@@ -176,16 +188,18 @@ def parse_header(text: str) -> Header:
         return Header(name, n_sig, fs, sig_len, (), (), tuple(comments), counter, n_seg)
     if len(lines) - 1 < n_sig:
         raise _bad(f"{n_sig} signals announced, {len(lines) - 1} signal lines found")
-    key = []
+    files, key = [], []
     for line in lines[1 : 1 + n_sig]:
         f = line.split(None, 8)
         if len(f) < 2:
             raise _bad(f"signal line {line!r} has fewer than 2 fields")
-        # The initial value and checksum (fields 5, 6) differ between records and are not used; the
-        # rest repeats across an archive, so each distinct set of lines is parsed once (cached).
+        # The file name differs between records and so do the initial value and checksum (fields 5,
+        # 6, not used); the rest repeats across an archive, so each distinct set is parsed once.
         n = len(f)
-        key.append((f[0], f[1], f[2] if n > 2 else "", f[4] if n > 4 else "", f[8].strip() if n > 8 else ""))
-    signals, files, layout = _signal_lines(tuple(key))
+        files.append(f[0])
+        key.append((f[1], f[2] if n > 2 else "", f[4] if n > 4 else "", f[8].strip() if n > 8 else ""))
+    files = tuple(files)
+    signals, layout = _signal_lines(tuple(key), _file_pattern(files))
     return Header(name, n_sig, fs, sig_len, signals, files, tuple(comments), counter, n_seg, layout)
 
 
@@ -248,9 +262,8 @@ def _read_small(path) -> bytes:
 
 
 def signal_groups(header: Header) -> dict[str, tuple[int, ...]]:
-    """Signal file name -> indices of its signals, in header order (the frame order inside the file).
-    Shared: do not modify."""
-    return header.facts.groups
+    """Signal file name -> indices of its signals, in header order (the frame order inside the file)."""
+    return {header.files[idx[0]]: idx for idx in header.facts.group_lines}
 
 
 def expected_bytes(fmt: int, n_values: int) -> int:
@@ -313,12 +326,12 @@ def read_digital(header: Header, directory: str | os.PathLike, n: int | None = N
     n = header.sig_len if n is None else n
     facts = header.facts
     if facts.mixed is not None:
-        raise _bad(f"signals in {facts.mixed} have different formats")
-    groups = facts.groups
+        raise _bad(f"signals in {header.files[facts.mixed]} have different formats")
+    groups = facts.group_lines
     out = None
-    for file, idx in groups.items():
+    for idx in groups:
         spec = header.signals[idx[0]]
-        values = _read_file(os.path.join(directory, file), spec.fmt, spec.offset, n * len(idx),
+        values = _read_file(os.path.join(directory, header.files[idx[0]]), spec.fmt, spec.offset, n * len(idx),
                             buffer if len(groups) == 1 else None).reshape(n, len(idx))
         if len(groups) == 1:
             return values

@@ -94,3 +94,20 @@ def test_lead_mapping_inverted_leads():
     assert [idx[leads.index(n)] for n in ("I", "aVR", "III", "V1")] == [0, 1, 2, 3]
     assert [sign[leads.index(n)] for n in ("I", "aVR", "III", "V1")] == [1, -1, -1, -1]
     assert dropped == ["aVR"] and (sign[[leads.index(n) for n in leads[4:] if n != "V1"]] == 1).all()
+
+
+def test_header_facts_shared_across_file_names():
+    """Headers that differ only in file names and per-record fields share their parsed facts (one
+    cache entry for an archive like PTB-XL), and each keeps its own file names."""
+    def text(rec, init, files):
+        return "".join([f"{rec} 3 500 10\n"] + [f"{f} 16 1000.0(0)/mV 16 0 {init + i} 123 0 {lead}\n"
+                                                for i, (f, lead) in enumerate(zip(files, ("I", "II", "V1")))])
+    a = wfdb_io.parse_header(text("a", 5, ["a.dat", "a.dat", "a2.dat"]))
+    b = wfdb_io.parse_header(text("b", -7, ["b.dat", "b.dat", "b2.dat"]))
+    c = wfdb_io.parse_header(text("c", 0, ["c.dat", "c2.dat", "c2.dat"]))
+    assert a.layout is b.layout and a.layout is not c.layout
+    assert wfdb_io.signal_groups(a) == {"a.dat": (0, 1), "a2.dat": (2,)}
+    assert wfdb_io.signal_groups(b) == {"b.dat": (0, 1), "b2.dat": (2,)}
+    assert wfdb_io.signal_groups(c) == {"c.dat": (0,), "c2.dat": (1, 2)}
+    assert a.numpy_readable and a.facts.unit_scale and a.facts.descriptions == ("I", "II", "V1")
+    assert not wfdb_io.parse_header(text("d", 0, ["~", "d.dat", "d.dat"])).numpy_readable
