@@ -109,6 +109,7 @@ def convert(sources, out, *, rate: int = 500, window_s: float = 10.0, workers: i
     for conv in attrs.get("conversions", []):
         if conv.get("fingerprint") == fingerprint:
             _cleanup(io, conv["id"])  # a run killed after its provenance was written left these
+            io.remove_temps()
             summary = fill_store_sizes(io, rows, opts.window, ConvertSummary(url, report=_report_path(url)))
             summary.note = "these sources were already converted into this store with these parameters"
             summary.seconds = time.perf_counter() - t0
@@ -124,8 +125,9 @@ def convert(sources, out, *, rate: int = 500, window_s: float = 10.0, workers: i
         conv_id = f"{fingerprint[:16]}-{start}"
         write_json(io, PENDING_KEY, {"fingerprint": fingerprint, "id": conv_id, "start": start,
                                      "sources": [str(r) for r in roots]})
-    else:
+    else:  # a killed run: its writers' temporary files go (a shard file is one while it is streamed)
         start, conv_id = int(pending["start"]), pending["id"]
+        io.remove_temps()
     trees = [SourceTree(r) for r in roots]
     # Rows below ``start`` only: a re-run of a conversion killed after writing its metadata must not
     # take its own records for stored ones.

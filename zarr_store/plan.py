@@ -12,7 +12,7 @@ from __future__ import annotations
 import bisect
 from dataclasses import dataclass
 
-from zarr_store.records import BadRecord, PlannedRecord, inspect_record, release_cache
+from zarr_store.records import N_LEADS, BadRecord, PlannedRecord, inspect_record, release_cache
 from zarr_store.runner import Runner
 from zarr_store.sources import Located, SourceTree
 from zarr_store.tasks import ShardStream, ShardTask, run_shard_task
@@ -156,12 +156,14 @@ def _records_ending(task: ShardTask) -> int:
                if first + r.n_windows > task.row_start)
 
 
-GROUP = 32  # records inspected before their rows are encoded (run_streaming)
+GROUP = 32  # records inspected before their rows are encoded (run_streaming) ...
+GROUP_BYTES = 64 << 20  # ... or fewer, when their rows hold this many bytes (long records)
 
 
 def run_streaming(plan: Plan, batches, done: dict, bar) -> None:
-    """In-process, in record order: inspect GROUP records, then encode their rows into their shards'
-    files (tasks.ShardStream), and finish each shard once all of its rows are known. Each signal file
+    """In-process, in record order: inspect GROUP records (fewer when long: GROUP_BYTES), then encode
+    their rows into their shards' files (tasks.ShardStream), and finish each shard once all of its
+    rows are known. Each signal file
     is read once, and its samples are held only until their group is encoded, in buffers used again
     (records._POOL). Holding a shard's worth of samples instead (512 x 120 kB for PTB-XL) cost up to
     30 page faults per record, ~2 µs each on our VMs; encoding each record as soon as it is read
@@ -169,6 +171,7 @@ def run_streaming(plan: Plan, batches, done: dict, bar) -> None:
     opts = plan.opts
     stream = ShardStream(plan.url, opts.shard_size, plan.start, opts.rate, opts.window, opts.codec, set(done))
     group: list[tuple[PlannedRecord, int]] = []
+    group_bytes = [0]
 
     def encode_group():
         done_now = 0
@@ -179,6 +182,7 @@ def run_streaming(plan: Plan, batches, done: dict, bar) -> None:
             done_now += (first + r.n_windows - 1) // opts.shard_size in stream  # else counted by _run_one
         bar.update(done_now)
         group.clear()
+        group_bytes[0] = 0
 
     try:
         for source, root, names, rate, window, min_seconds in batches:
@@ -188,8 +192,9 @@ def run_streaming(plan: Plan, batches, done: dict, bar) -> None:
                     bar.update(1)
                 else:
                     group.append((r, plan.first_rows[-1]))
+                    group_bytes[0] += r.n_windows * N_LEADS * opts.window * 2
                 tasks = plan.ready()
-                if tasks or len(group) >= GROUP:
+                if tasks or len(group) >= GROUP or group_bytes[0] >= GROUP_BYTES:
                     encode_group()
                 for task in tasks:
                     _run_one(plan, task, done, bar, stream)

@@ -107,7 +107,14 @@ def release_cache(path: str | None = None) -> None:
         return
     entry = _CACHE.pop(path, None)
     if entry is not None and entry[2] is not None:
-        _POOL.append(entry[2])
+        _give_back(entry[2])
+
+
+def _give_back(buffer: wfdb_io.ReadBuffer) -> None:
+    # Kept for the next records: as many as run_streaming holds at once, of ordinary record sizes (a
+    # Holter record's buffer goes back to the allocator).
+    if len(_POOL) < 64 and buffer.nbytes <= 4 << 20:
+        _POOL.append(buffer)
 
 
 def inspect_record(source: int, root: str, record_id: str, rate: int, window: int,
@@ -128,7 +135,7 @@ def inspect_record(source: int, root: str, record_id: str, rate: int, window: in
         if kept is not None:
             _CACHE[path] = (*kept, buffer)
         elif buffer is not None:
-            _POOL.append(buffer)
+            _give_back(buffer)
 
 
 def _inspect(source, path, record_id, rate, window, min_seconds, buffer) -> tuple[tuple | None, PlannedRecord | BadRecord]:

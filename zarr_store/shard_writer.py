@@ -120,10 +120,15 @@ class ShardFile:
         return index
 
     def commit(self) -> None:
-        """Append the index and its checksum; the file then appears whole at its key."""
-        index_bytes = self.index.tobytes()
-        self._out.write(index_bytes)
-        self._out.write(np.uint32(google_crc32c.value(index_bytes)).astype("<u4").tobytes())
+        """Append the index and its checksum; the file then appears whole at its key (or, on an
+        error, not at all: the temporary file is removed)."""
+        try:
+            index_bytes = self.index.tobytes()
+            self._out.write(index_bytes)
+            self._out.write(np.uint32(google_crc32c.value(index_bytes)).astype("<u4").tobytes())
+        except BaseException:
+            self._out.abort()
+            raise
         self._out.commit()
 
     def abort(self) -> None:
@@ -174,6 +179,19 @@ class StoreIO:
             out.abort()
             raise
         out.commit()
+
+    def remove_temps(self) -> int:
+        """Remove the temporary files (``.tmp-*``) that killed writers left in a local store; returns
+        how many. Object stores have none: their writes are single puts."""
+        if not self.local:
+            return 0
+        n = 0
+        for folder, _, names in os.walk(self.root):
+            for name in names:
+                if name.startswith(".tmp-"):
+                    Path(folder, name).unlink(missing_ok=True)
+                    n += 1
+        return n
 
     def open_write(self, key: str) -> AtomicWrite:
         """A file at ``key`` written piece by piece: it appears whole at commit, never in part."""

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from zarr_store.errors import CorruptChunkError
 from zarr_store.records import N_LEADS, PlannedRecord, record_signal
 from zarr_store.shard_writer import ChunkCodec, ChunkEncoder, ShardFile, StoreIO, split_shard
 
@@ -92,7 +93,7 @@ class ShardStream:
         self.io, self.size, self.first_new, self.rate, self.window = StoreIO(url), shard_size, first_new, rate, window
         self.encoder = _encoder(codec, window)
         self.skip = skip
-        self.open: dict[int, list] = {}  # shard -> [ShardFile, clipped, invalid]
+        self.open: dict[int, list] = {}  # shard -> [ShardFile (None once committed), clipped, invalid]
         self._out = np.empty((N_LEADS, 0), dtype=np.int16)
 
     def add(self, rec: PlannedRecord, first: int) -> None:
@@ -109,6 +110,9 @@ class ShardStream:
             k = r // self.size
             entry = self.open.get(k) or self._new(k)
             entry[0].put(r - k * self.size, self.encoder.encode(_window(signal, r - first, self.window)))
+            if r % self.size == self.size - 1:  # the shard's last slot: no chunk can follow, so the
+                entry[0].commit()  # file is done now (a long record would hold a file per shard open)
+                entry[0] = None
         last = (first + rec.n_windows - 1) // self.size
         if last not in self.skip:  # a record's samples count once, in the shard of its last row
             self.open[last][1] += stats.clipped
@@ -123,20 +127,22 @@ class ShardStream:
 
     def finish(self, task: ShardTask) -> dict:
         """Complete the shard of ``task`` (every row added) and write its marker; returns it."""
-        shard, clipped, invalid = self.open.pop(task.shard, None) or self._new(task.shard, keep=False)
-        shard.commit()
-        return _marker(self.io, task, clipped, invalid)
+        entry = self.open.get(task.shard) or self._new(task.shard)
+        if entry[0] is not None:
+            entry[0].commit()
+        del self.open[task.shard]
+        return _marker(self.io, task, entry[1], entry[2])
 
     def close(self) -> None:
         """Drop unfinished shards' temporary files (after an error)."""
         for shard, _, _ in self.open.values():
-            shard.abort()
+            if shard is not None:
+                shard.abort()
         self.open.clear()
 
-    def _new(self, k: int, keep: bool = True) -> list:
-        entry = [_open_shard(self.io, f"signals/c/{k}/0/0", self.size, k * self.size, self.first_new), 0, 0]
-        if keep:
-            self.open[k] = entry
+    def _new(self, k: int) -> list:
+        entry = self.open[k] = [_open_shard(self.io, f"signals/c/{k}/0/0", self.size, k * self.size,
+                                            self.first_new), 0, 0]
         return entry
 
 
@@ -147,13 +153,23 @@ def _encoder(codec: str, window: int) -> ChunkEncoder:
 def _open_shard(io: StoreIO, key: str, size: int, base: int, first_new: int) -> ShardFile:
     """A new shard file; when it holds rows of earlier conversions (an append), their encoded chunks
     are copied from the existing file first."""
-    shard = ShardFile(io, key, size)
+    kept = []
     if first_new > base:
         old = io.read(key)
-        if old is not None:
-            for i, c in enumerate(split_shard(old, size)[: first_new - base]):
-                if c is not None:
-                    shard.put(i, c)
+        if old is not None:  # read and checked before the new file exists: an error leaves nothing
+            try:
+                kept = split_shard(old, size)[: first_new - base]
+            except ValueError as exc:
+                raise CorruptChunkError(f"{key} (rows {base}-{first_new - 1} of earlier conversions): {exc}; "
+                                        "cannot append after its rows") from None
+    shard = ShardFile(io, key, size)
+    try:
+        for i, c in enumerate(kept):
+            if c is not None:
+                shard.put(i, c)
+    except BaseException:
+        shard.abort()
+        raise
     return shard
 
 

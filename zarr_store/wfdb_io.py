@@ -310,6 +310,10 @@ class ReadBuffer:
     def __init__(self):
         self._buf = bytearray()
 
+    @property
+    def nbytes(self) -> int:
+        return len(self._buf)
+
     def view(self, nbytes: int) -> memoryview:
         if len(self._buf) < nbytes:  # a new bytearray: arrays over the old one stay valid
             self._buf = bytearray(nbytes)

@@ -289,6 +289,8 @@ def test_resume_after_sigkill_equals_uninterrupted(tmp_path, trigger):
         proc.wait()
     assert (out / "_convert" / "pending.json").exists()  # really killed before the end
     summary = convert([arch.root], out, progress=False, shard_size=8)
+    assert not list(out.rglob(".tmp-*"))  # the killed writers' temporary files are gone
+    assert summary.signal_bytes == convert([arch.root], ref, progress=False, shard_size=8).signal_bytes
     assert summary.shards_written >= 1
     if trigger.endswith("shard-*.json"):
         assert summary.shards_resumed >= 1
@@ -343,6 +345,56 @@ def test_append_second_archive(tmp_path):
         convert([a.root], store, progress=False, shard_size=4, rate=250)
     with pytest.raises(BadArgumentError, match="codec"):
         convert([a.root], store, progress=False, shard_size=4, codec="lz4")
+
+
+def test_append_onto_a_corrupt_shard_names_it_and_leaves_nothing(tmp_path, capsys):
+    a = write_archive(tmp_path / "a", n=5, bad=())
+    b = write_archive(tmp_path / "b", n=3, seed=50, bad=())
+    store = tmp_path / "s.zarr"
+    convert([a.root], store, progress=False, shard_size=4)
+    shard = store / "signals/c/1/0/0"  # holds row 4; the append continues in it
+    data = bytearray(shard.read_bytes())
+    data[-10] ^= 0xFF  # inside the index: its checksum no longer matches
+    shard.write_bytes(bytes(data))
+    from crema_fast.cli import main
+
+    assert main(["convert", str(b.root), "--out", str(store), "--shard-size", "4", "--no-progress"]) != 0
+    err = capsys.readouterr().err
+    assert "signals/c/1/0/0 (rows 4-4 of earlier conversions)" in err and "checksum" in err
+    assert "Traceback" not in err and not list(store.rglob(".tmp-*"))
+    assert shard.read_bytes() == bytes(data)  # left as it was
+
+
+def test_long_records_keep_few_shard_files_open(tmp_path, monkeypatch):
+    """A record spanning many shards: each shard file is finished at its last row, so the in-process
+    converter holds at most two open (a 24 h Holter with small shards would otherwise open hundreds)."""
+    import zarr_store.shard_writer as sw
+
+    open_now, most = set(), [0]
+    real_init, real_commit, real_abort = sw.ShardFile.__init__, sw.ShardFile.commit, sw.ShardFile.abort
+
+    def init(self, *a, **k):
+        real_init(self, *a, **k)
+        open_now.add(id(self))
+        most[0] = max(most[0], len(open_now))
+
+    def done(real):
+        def f(self):
+            open_now.discard(id(self))
+            return real(self)
+        return f
+
+    monkeypatch.setattr(sw.ShardFile, "__init__", init)
+    monkeypatch.setattr(sw.ShardFile, "commit", done(real_commit))
+    monkeypatch.setattr(sw.ShardFile, "abort", done(real_abort))
+    arch = write_archive(tmp_path / "arch", n=3, fs=500, seconds=61.0, bad=())
+    summary = convert([arch.root], tmp_path / "s.zarr", progress=False, shard_size=2)
+    assert summary.rows == 21 and not open_now and most[0] <= 2
+    two = convert([arch.root], tmp_path / "two.zarr", progress=False, shard_size=2, workers=2)
+    assert two.rows == 21
+    for shard in range(11):
+        key = f"signals/c/{shard}/0/0"
+        assert (tmp_path / "s.zarr" / key).read_bytes() == (tmp_path / "two.zarr" / key).read_bytes()
 
 
 def test_memory_url_and_dask_local_cluster(tmp_path):
