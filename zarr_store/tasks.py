@@ -183,10 +183,8 @@ def _marker(io: StoreIO, task: ShardTask, clipped: int, invalid: int) -> dict:
 def _window(signal: np.ndarray, j: int, window: int) -> np.ndarray:
     """Row ``j`` of a (12, n) signal: window ``j``, C-contiguous, zero-padded at the end."""
     a, b = j * window, min((j + 1) * window, signal.shape[1])
-    if b - a == signal.shape[1]:  # the whole record is one row (PTB-XL): no slicing
-        return signal
-    if b - a == window:
-        return np.ascontiguousarray(signal[:, a:b])
+    if b - a == window:  # a whole window: the record itself when it is one (PTB-XL), no copy
+        return signal if signal.shape[1] == window else np.ascontiguousarray(signal[:, a:b])
     chunk = np.zeros((N_LEADS, window), dtype=np.int16)
     chunk[:, : b - a] = signal[:, a:b]
     return chunk

@@ -365,6 +365,18 @@ def test_append_onto_a_corrupt_shard_names_it_and_leaves_nothing(tmp_path, capsy
     assert shard.read_bytes() == bytes(data)  # left as it was
 
 
+@pytest.mark.parametrize("workers", [1, 2])
+def test_short_records_are_zero_padded(tmp_path, workers):
+    """A record shorter than the window (here 4 s of 10) is one row, zero-padded, its valid length kept."""
+    arch = write_archive(tmp_path / "arch", n=3, fs=500, seconds=4.0, bad=())
+    convert([arch.root], tmp_path / "s.zarr", progress=False, shard_size=2, workers=workers)
+    a = load(tmp_path / "s.zarr")
+    assert list(a["valid_length"]) == [2000] * 3
+    for row, name in enumerate(arch.good):
+        np.testing.assert_array_equal(a["signals"][row, :, :2000], np.rint(arch.signals[name].T * 1000))
+        assert not a["signals"][row, :, 2000:].any()
+
+
 def test_long_records_keep_few_shard_files_open(tmp_path, monkeypatch):
     """A record spanning many shards: each shard file is finished at its last row, so the in-process
     converter holds at most two open (a 24 h Holter with small shards would otherwise open hundreds)."""
