@@ -129,7 +129,8 @@ def _conversion(tmp: Path, heads: list[Path]) -> list[dict]:
             return out
 
         conv = _rate(_repeat(run, repeat=3), len(heads))
-        default = default if codec != "zstd" else conv
+        if codec == "zstd":
+            default = conv
         path = "convert(workers=1)" if codec == "zstd" else f"convert(workers=1, codec={codec})"
         rows.append({"stage": "convert", "path": path, "pattern": f"{len(heads)} records", **conv,
                      "x_rdsamp": conv["ecg_s"] / rd["ecg_s"]})

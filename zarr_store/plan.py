@@ -163,17 +163,17 @@ GROUP_BYTES = 64 << 20  # ... or fewer, when their rows hold this many bytes (lo
 def run_streaming(plan: Plan, batches, done: dict, bar) -> None:
     """In-process, in record order: inspect GROUP records (fewer when long: GROUP_BYTES), then encode
     their rows into their shards' files (tasks.ShardStream), and finish each shard once all of its
-    rows are known. Each signal file
-    is read once, and its samples are held only until their group is encoded, in buffers used again
-    (records._POOL). Holding a shard's worth of samples instead (512 x 120 kB for PTB-XL) cost up to
-    30 page faults per record, ~2 µs each on our VMs; encoding each record as soon as it is read
-    (GROUP = 1) was ~3% slower than in groups."""
+    rows are known. Each signal file is read once, and its samples are held only until their group
+    is encoded, in buffers used again (records._POOL). Holding a shard's worth of samples instead
+    (512 x 120 kB for PTB-XL) cost up to 30 page faults per record; encoding each record as soon as
+    it is read (GROUP = 1) was ~3% slower than in groups."""
     opts = plan.opts
     stream = ShardStream(plan.url, opts.shard_size, plan.start, opts.rate, opts.window, opts.codec, set(done))
     group: list[tuple[PlannedRecord, int]] = []
-    group_bytes = [0]
+    group_bytes = 0
 
     def encode_group():
+        nonlocal group_bytes
         done_now = 0
         for r, first in group:
             stream.add(r, first)
@@ -182,7 +182,7 @@ def run_streaming(plan: Plan, batches, done: dict, bar) -> None:
             done_now += (first + r.n_windows - 1) // opts.shard_size in stream  # else counted by _run_one
         bar.update(done_now)
         group.clear()
-        group_bytes[0] = 0
+        group_bytes = 0
 
     try:
         for source, root, names, rate, window, min_seconds in batches:
@@ -192,9 +192,9 @@ def run_streaming(plan: Plan, batches, done: dict, bar) -> None:
                     bar.update(1)
                 else:
                     group.append((r, plan.first_rows[-1]))
-                    group_bytes[0] += r.n_windows * N_LEADS * opts.window * 2
+                    group_bytes += r.n_windows * N_LEADS * opts.window * 2
                 tasks = plan.ready()
-                if tasks or len(group) >= GROUP or group_bytes[0] >= GROUP_BYTES:
+                if tasks or len(group) >= GROUP or group_bytes >= GROUP_BYTES:
                     encode_group()
                 for task in tasks:
                     _run_one(plan, task, done, bar, stream)

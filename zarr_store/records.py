@@ -93,8 +93,7 @@ def _reason(exc: RecordError) -> tuple[str, str]:
 
 # record path -> (header or None, samples, ReadBuffer or None) read by inspection, for the in-process
 # converter, which writes a record's rows soon after inspecting it: the signal file is then read once,
-# not twice. The buffers of released records are used again (_POOL): a shard's worth of fresh 120 kB
-# reads cost ~20 µs of page faults per record.
+# not twice. The buffers of released records are used again (_POOL): see wfdb_io.ReadBuffer.
 _CACHE: dict[str, tuple] = {}
 _POOL: list[wfdb_io.ReadBuffer] = []
 
@@ -197,13 +196,12 @@ def _lead_plan(names: tuple[str, ...]) -> tuple[tuple[int, ...], tuple[str, ...]
 
 
 def _is_flat(d: np.ndarray, sel: np.ndarray) -> bool:
-    if len(sel) == d.shape[1]:  # almost every real record is decided by its first frames, as bytes
-        head = d[:64].tobytes()
-        if head != head[: d.shape[1] * d.itemsize] * min(len(d), 64):
-            return False
-    if len(sel) == d.shape[1]:
-        return bool((d == d[0]).all())
-    return bool((d[:, sel] == d[0, sel]).all())
+    if len(sel) != d.shape[1]:
+        return bool((d[:, sel] == d[0, sel]).all())
+    head = d[:64].tobytes()  # almost every real record is decided by its first frames, as bytes
+    if head != head[: d.shape[1] * d.itemsize] * min(len(d), 64):
+        return False
+    return bool((d == d[0]).all())
 
 
 @functools.lru_cache(maxsize=1024)
