@@ -55,6 +55,8 @@ def peak(kind: str) -> float | None:
 
 
 def _commit() -> str:
+    """The commit measured: git's short hash (+dirty), else CREMA_COMMIT (the device machine gets the tree
+    without .git, so tools/gpu_lane.sh is given the hash), else 'unknown'."""
     try:
         out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
                              cwd=RESULTS.parent, timeout=5)
@@ -62,9 +64,11 @@ def _commit() -> str:
         dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "--", ":(top)",
                                 ":(top,exclude)benchmarks/results"], capture_output=True,
                                text=True, cwd=RESULTS.parent, timeout=5).stdout.strip()
-        return out.stdout.strip() + ("+dirty" if dirty else "") if out.returncode == 0 else "unknown"
+        if out.returncode == 0:
+            return out.stdout.strip() + ("+dirty" if dirty else "")
     except (OSError, subprocess.SubprocessError):
-        return "unknown"
+        pass
+    return os.environ.get("CREMA_COMMIT", "unknown")
 
 
 def versions() -> dict[str, str]:

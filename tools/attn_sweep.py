@@ -1,0 +1,110 @@
+"""Time every attention kernel under a wide set of block sizes, warps and stages at the benchmark's shapes
+(GPU only), to choose the autotuning sets in kernels/_attention_configs.py.
+
+Run: ``python tools/attn_sweep.py [N ...]`` (default N = 120 384 512 1024 2048 4096; d = 64 and 128; bf16,
+B*H*N*d constant as in benchmarks/bench_attention.py). For each shape it runs the op once (autotuning as
+usual), captures each kernel's launch, then relaunches that kernel alone under each config with
+``triton.testing.do_bench`` (median ms). Printed per config: ms and TFLOP/s, counting the kernel's own
+matmuls (forward 2 = 4*B*H*N^2*d FLOPs; dK/dV 4 matmuls = 8*B*H*N^2*d; dQ 3 = 6*B*H*N^2*d), then per shape the
+best config of each kernel, the autotuner's choice, and the backward they give (2.5 x forward FLOPs over
+the sum of the best dK/dV, dQ and delta times). A config that does not fit (shared memory, registers)
+prints its error and is skipped.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import sys
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+
+import torch  # noqa: E402
+import triton  # noqa: E402
+import triton.testing  # noqa: E402
+
+from kernels import attention as A  # noqa: E402
+
+KERNELS = {  # name: (module attribute, FLOPs as a multiple of 2*B*H*N^2*d, config space)
+    "fwd": ("_attn_fwd", 2, [(bm, bn, w, s) for bm, bn, w, s in itertools.product(
+        (64, 128), (64, 128), (4, 8), (2, 3, 4)) if not (bm == 64 and w == 8)]),
+    "dkdv": ("_attn_bwd_dkdv", 4, [(bm, bn, w, s) for bm, bn, w, s in itertools.product(
+        (32, 64, 128), (64, 128), (4, 8), (2, 3)) if not (bm == 128 and bn == 128 and w == 4)]),
+    "dq": ("_attn_bwd_dq", 3, [(bm, bn, w, s) for bm, bn, w, s in itertools.product(
+        (64, 128), (32, 64, 128), (4, 8), (2, 3)) if not (bm == 128 and bn == 128 and w == 4)]),
+}
+
+
+class Capture:
+    """Stands in for an autotuned kernel in kernels.attention: launches it as usual and keeps the call."""
+
+    def __init__(self, tuner):
+        self.tuner, self.calls = tuner, []
+
+    def __getitem__(self, grid):
+        def launch(*args, **kwargs):
+            self.calls.append((grid, args, kwargs))
+            return self.tuner[grid](*args, **kwargs)
+        return launch
+
+
+def sweep_shape(N, d, dtype=torch.bfloat16):
+    B, H = max(1, 16384 // N), 2048 // d
+    g = torch.Generator(device="cuda").manual_seed(0)
+    q, k, v, do = (torch.randn(B, H, N, d, generator=g, device="cuda", dtype=dtype) for _ in range(4))
+    q, k, v = (t.requires_grad_() for t in (q, k, v))
+    caps = {name: Capture(getattr(A, attr)) for name, (attr, _, _) in KERNELS.items()}
+    for name, (attr, _, _) in KERNELS.items():
+        setattr(A, attr, caps[name])
+    try:
+        A.attention(q, k, v).backward(do)
+    finally:
+        for name, (attr, _, _) in KERNELS.items():
+            setattr(A, attr, caps[name].tuner)
+    scale = d ** -0.5
+    with torch.no_grad():
+        o, lse = A._forward(q, k, v, None, scale)
+    bwd_ms = triton.testing.do_bench(lambda: A._backward(do, q, k, v, o, lse, None, scale), warmup=5, rep=25)
+    unit = 2.0 * B * H * N * N * d
+    best = {}
+    print(f"\n== N={N} d={d} B={B} H={H}", flush=True)
+    for name, (attr, mult, space) in KERNELS.items():
+        grid, args, kwargs = caps[name].calls[0]
+        tuner = caps[name].tuner
+        chosen = getattr(tuner, "best_config", None)
+        res = []
+        for bm, bn, w, s in space:
+            meta = {"BLOCK_M": bm, "BLOCK_N": bn}
+            try:
+                fn = lambda: tuner.fn[grid(meta)](*args, **kwargs, **meta, num_warps=w, num_stages=s)  # noqa: E731
+                ms = triton.testing.do_bench(fn, warmup=5, rep=25)
+            except Exception as err:  # noqa: BLE001 (out of resources and the like: report and go on)
+                print(f"  {name} {bm}x{bn} w{w} s{s}: {type(err).__name__}: {str(err).splitlines()[0][:80]}")
+                continue
+            res.append((ms, (bm, bn, w, s)))
+            print(f"  {name} {bm}x{bn} w{w} s{s}: {ms:.4f} ms {mult * unit / ms / 1e9:.1f} TFLOP/s", flush=True)
+        res.sort()
+        best[name] = res[0]
+        print(f"  -> {name} best {res[0][1]} {res[0][0]:.4f} ms {mult * unit / res[0][0] / 1e9:.1f} TFLOP/s; "
+              f"autotuner chose {chosen}")
+    bwd = best["dkdv"][0] + best["dq"][0]
+    print(f"  -> fwd {2 * unit / best['fwd'][0] / 1e9:.1f} TFLOP/s; bwd (best dkdv + dq, without delta) "
+          f"{5 * unit / bwd / 1e9:.1f} TFLOP/s; the autotuned backward (delta included) {bwd_ms:.4f} ms = "
+          f"{5 * unit / bwd_ms / 1e9:.1f} TFLOP/s")
+    return best
+
+
+def main(argv):
+    ns = [int(a) for a in argv] or [120, 384, 512, 1024, 2048, 4096]
+    summary = []
+    for N in ns:
+        for d in (64, 128):
+            best = sweep_shape(N, d)
+            summary.append((N, d, {k: (round(v[0], 4), v[1]) for k, v in best.items()}))
+    print("\n== best configs (ms, (BLOCK_M, BLOCK_N, warps, stages))")
+    for N, d, b in summary:
+        print(f"N={N:5d} d={d:3d} {b}")
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
