@@ -35,19 +35,20 @@ def _cfg(block_m, block_n, warps, stages):
     return triton.Config({"BLOCK_M": block_m, "BLOCK_N": block_n}, num_warps=warps, num_stages=stages)
 
 
-# Each set was compiled for sm_90 (H100) and checked with ptxas -v: all use wgmma; the entries under
-# "d <= 64 only" spill registers at d = 128 (their fp32 accumulators need > 255 registers a thread), and the
-# "d = 128 only" ones are their 8-warp replacements. The first entry of each set is the interpreter's.
-FWD_CONFIGS = [_cfg(64, 64, 4, 3), _cfg(128, 64, 4, 3), _cfg(128, 64, 8, 4), _cfg(128, 128, 8, 3)]
+# Each set is the best few of a sweep of every kernel over blocks {32, 64, 128}^2, 4 or 8 warps and 2-4
+# stages at the benchmark's shapes on an H100 (tools/attn_sweep.py, 2026-11-25; bf16, N = 120-4096). Entries
+# under "d <= 64 only" were slow or did not fit at d = 128, and the reverse. The first entry of each set is
+# the interpreter's (64 x 64, the cheapest there).
+FWD_CONFIGS = [_cfg(64, 64, 4, 3), _cfg(64, 64, 4, 2), _cfg(128, 64, 8, 3), _cfg(128, 64, 8, 4), _cfg(128, 64, 4, 3)]
 FWD_D64_ONLY = {(128, 64, 4, 3)}
 FWD_D128_ONLY: set = set()
-# dk/dv: a program owns BLOCK_N keys and loops over BLOCK_M queries (small BLOCK_M keeps registers low).
-DKDV_CONFIGS = [_cfg(64, 64, 4, 3), _cfg(32, 128, 4, 3), _cfg(64, 128, 8, 3),
-                _cfg(64, 64, 8, 3), _cfg(32, 128, 8, 3), _cfg(64, 128, 8, 2)]
-DKDV_D64_ONLY = {(64, 64, 4, 3), (32, 128, 4, 3), (64, 128, 8, 3)}
-DKDV_D128_ONLY = {(64, 64, 8, 3), (32, 128, 8, 3), (64, 128, 8, 2)}
+# dk/dv: a program owns BLOCK_N keys and loops over BLOCK_M queries.
+DKDV_CONFIGS = [_cfg(64, 64, 4, 2), _cfg(32, 64, 4, 3), _cfg(128, 64, 4, 2), _cfg(32, 128, 4, 3),
+                _cfg(64, 128, 8, 2)]
+DKDV_D64_ONLY = {(128, 64, 4, 2), (32, 128, 4, 3)}
+DKDV_D128_ONLY = {(64, 128, 8, 2)}
 # dq: a program owns BLOCK_M queries and loops over BLOCK_N keys.
-DQ_CONFIGS = [_cfg(64, 64, 4, 3), _cfg(128, 32, 4, 3), _cfg(128, 64, 8, 3)]
+DQ_CONFIGS = [_cfg(64, 64, 4, 2), _cfg(128, 64, 8, 3), _cfg(128, 32, 4, 3), _cfg(64, 32, 4, 3)]
 DQ_D64_ONLY: set = set()
 DQ_D128_ONLY: set = set()
 

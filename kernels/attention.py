@@ -242,7 +242,8 @@ def _attn_bwd_dkdv(Q, K, V, KEEP, DO, LSE, DELTA, DK, DV,
         delta = tl.load(DELTA + offs_m, mask=row_ok, other=0.0)
         s_t = tl.dot(k, tl.trans(q), input_precision=DOT_PRECISION) * qk_scale
         p_t = tl.math.exp2(s_t - lse[None, :])
-        p_t = tl.where(col_ok[:, None], p_t, 0.0)
+        if HAS_MASK:  # masked keys get no gradient; keys past N need no zeroing (their rows are not stored)
+            p_t = tl.where(col_ok[:, None], p_t, 0.0)
         dv = tl.dot(p_t.to(do.dtype), do, dv, input_precision=DOT_PRECISION)
         dp_t = tl.dot(v, tl.trans(do), input_precision=DOT_PRECISION)
         ds_t = p_t * (dp_t - delta[None, :])
@@ -251,6 +252,36 @@ def _attn_bwd_dkdv(Q, K, V, KEEP, DO, LSE, DELTA, DK, DV,
     g_off = offs_n[:, None] * stride_gn + offs_d[None, :] * stride_gd
     tl.store(DK + g_off, dk.to(DK.dtype.element_ty), mask=col_in[:, None])
     tl.store(DV + g_off, dv.to(DV.dtype.element_ty), mask=col_in[:, None])
+
+
+@triton.jit
+def _dq_block(dq, q, do, lse, delta, K, V, KEEP, start_n, offs_d, N, stride_kn, stride_kd, stride_vn, stride_vd,
+              stride_mn, qk_scale, HAS_MASK: tl.constexpr, BOUNDS: tl.constexpr, UPCAST: tl.constexpr,
+              DOT_PRECISION: tl.constexpr, BLOCK_N: tl.constexpr):
+    """One key block of dQ: recompute P from the saved LSE, then dS = P * (dP - delta), dQ += dS K."""
+    offs_n = start_n + tl.arange(0, BLOCK_N)
+    col_ok = offs_n < N
+    k_ptrs = K + offs_n[:, None] * stride_kn + offs_d[None, :] * stride_kd
+    v_ptrs = V + offs_n[:, None] * stride_vn + offs_d[None, :] * stride_vd
+    if BOUNDS:
+        k = tl.load(k_ptrs, mask=col_ok[:, None], other=0.0)
+        v = tl.load(v_ptrs, mask=col_ok[:, None], other=0.0)
+    else:
+        k = tl.load(k_ptrs)
+        v = tl.load(v_ptrs)
+    if UPCAST:
+        k = k.to(tl.float32)
+        v = v.to(tl.float32)
+    if HAS_MASK:
+        keep = tl.load(KEEP + offs_n * stride_mn, mask=col_ok, other=0)
+        col_ok = col_ok & (keep != 0)
+    s = tl.dot(q, tl.trans(k), input_precision=DOT_PRECISION) * qk_scale
+    p = tl.math.exp2(s - lse[:, None])
+    if BOUNDS or HAS_MASK:  # past N, P = exp2(-lse) is not 0 and could overflow: zero it before it meets K
+        p = tl.where(col_ok[None, :], p, 0.0)
+    dp = tl.dot(do, tl.trans(v), input_precision=DOT_PRECISION)
+    ds = p * (dp - delta[:, None])
+    return tl.dot(ds.to(k.dtype), k, dq, input_precision=DOT_PRECISION)
 
 
 @triton.autotune(configs=DQ_CONFIGS, key=TUNE_KEY,
@@ -290,23 +321,13 @@ def _attn_bwd_dq(Q, K, V, KEEP, DO, LSE, DELTA, DQ,
     lse = tl.load(LSE + offs_m, mask=row_ok, other=float("inf"))
     delta = tl.load(DELTA + offs_m, mask=row_ok, other=0.0)
     dq = tl.zeros([BLOCK_M, HEAD_DIM], tl.float32)
-    for start_n in range(0, N, BLOCK_N):
-        offs_n = start_n + tl.arange(0, BLOCK_N)
-        col_ok = offs_n < N
-        k = tl.load(K + offs_n[:, None] * stride_kn + offs_d[None, :] * stride_kd, mask=col_ok[:, None], other=0.0)
-        v = tl.load(V + offs_n[:, None] * stride_vn + offs_d[None, :] * stride_vd, mask=col_ok[:, None], other=0.0)
-        if UPCAST:
-            k = k.to(tl.float32)
-            v = v.to(tl.float32)
-        if HAS_MASK:
-            keep = tl.load(KEEP + offs_n * stride_mn, mask=col_ok, other=0)
-            col_ok = col_ok & (keep != 0)
-        s = tl.dot(q, tl.trans(k), input_precision=DOT_PRECISION) * qk_scale
-        p = tl.math.exp2(s - lse[:, None])
-        p = tl.where(col_ok[None, :], p, 0.0)
-        dp = tl.dot(do, tl.trans(v), input_precision=DOT_PRECISION)
-        ds = p * (dp - delta[:, None])
-        dq = tl.dot(ds.to(k.dtype), k, dq, input_precision=DOT_PRECISION)
+    n_full = (N // BLOCK_N) * BLOCK_N
+    for start_n in range(0, n_full, BLOCK_N):  # full key blocks: unmasked loads, no zeroing
+        dq = _dq_block(dq, q, do, lse, delta, K, V, KEEP, start_n, offs_d, N, stride_kn, stride_kd, stride_vn,
+                       stride_vd, stride_mn, qk_scale, HAS_MASK, False, UPCAST, DOT_PRECISION, BLOCK_N)
+    if n_full < N:  # the ragged tail
+        dq = _dq_block(dq, q, do, lse, delta, K, V, KEEP, n_full, offs_d, N, stride_kn, stride_kd, stride_vn,
+                       stride_vd, stride_mn, qk_scale, HAS_MASK, True, UPCAST, DOT_PRECISION, BLOCK_N)
     dq = dq * scale
     tl.store(DQ + offs_m[:, None] * stride_gn + offs_d[None, :] * stride_gd, dq.to(DQ.dtype.element_ty),
              mask=row_ok[:, None])

@@ -1,13 +1,14 @@
 """Time every attention kernel under a wide set of block sizes, warps and stages at the benchmark's shapes
 (GPU only), to choose the autotuning sets in kernels/_attention_configs.py.
 
-Run: ``python tools/attn_sweep.py [N ...]`` (default N = 120 384 512 1024 2048 4096; d = 64 and 128; bf16,
+Run: ``python tools/attn_sweep.py [--deep] [N ...]`` (default N = 120 384 512 1024 2048 4096; d = 64 and 128; bf16,
 B*H*N*d constant as in benchmarks/bench_attention.py). For each shape it runs the op once (autotuning as
 usual), captures each kernel's launch, then relaunches that kernel alone under each config with
 ``triton.testing.do_bench`` (median ms). Printed per config: ms and TFLOP/s, counting the kernel's own
 matmuls (forward 2 = 4*B*H*N^2*d FLOPs; dK/dV 4 matmuls = 8*B*H*N^2*d; dQ 3 = 6*B*H*N^2*d), then per shape the
 best config of each kernel, the autotuner's choice, and the backward they give (2.5 x forward FLOPs over
-the sum of the best dK/dV, dQ and delta times). A config that does not fit (shared memory, registers)
+the sum of the best dK/dV, dQ and delta times). ``--deep`` times fewer block shapes (the best of the wide
+sweep) at more pipeline depths (2-5 stages). A config that does not fit (shared memory, registers)
 prints its error and is skipped.
 """
 
@@ -35,6 +36,16 @@ KERNELS = {  # name: (module attribute, FLOPs as a multiple of 2*B*H*N^2*d, conf
 }
 
 
+DEEP = {  # the best block shapes of the wide sweep (H100, 2026-11-25), at more pipeline depths
+    "fwd": [(64, 64, 4, s) for s in (2, 3, 4, 5)] + [(128, 64, 8, s) for s in (3, 4, 5)]
+    + [(128, 64, 4, s) for s in (3, 4)],
+    "dkdv": [(32, 128, 4, s) for s in (3, 4, 5)] + [(128, 64, 4, s) for s in (2, 3)]
+    + [(64, 64, 4, s) for s in (2, 3, 4)] + [(32, 64, 4, s) for s in (3, 4, 5)] + [(64, 128, 8, s) for s in (2, 3)],
+    "dq": [(128, 64, 8, s) for s in (3, 4)] + [(128, 32, 4, s) for s in (3, 4, 5)] + [(64, 64, 4, s) for s in (2, 3, 4)]
+    + [(64, 32, 4, s) for s in (3, 4)],
+}
+
+
 class Capture:
     """Stands in for an autotuned kernel in kernels.attention: launches it as usual and keeps the call."""
 
@@ -48,7 +59,7 @@ class Capture:
         return launch
 
 
-def sweep_shape(N, d, dtype=torch.bfloat16):
+def sweep_shape(N, d, deep=False, dtype=torch.bfloat16):
     B, H = max(1, 16384 // N), 2048 // d
     g = torch.Generator(device="cuda").manual_seed(0)
     q, k, v, do = (torch.randn(B, H, N, d, generator=g, device="cuda", dtype=dtype) for _ in range(4))
@@ -68,7 +79,12 @@ def sweep_shape(N, d, dtype=torch.bfloat16):
     unit = 2.0 * B * H * N * N * d
     best = {}
     print(f"\n== N={N} d={d} B={B} H={H}", flush=True)
+    delta = torch.empty_like(lse)
+    delta_ms = triton.testing.do_bench(lambda: A._attn_bwd_delta[(triton.cdiv(N, 64), B, H)](
+        o, do, delta, *o.stride(), *do.stride(), H, N, HEAD_DIM=d, BLOCK_M=64), warmup=5, rep=25)
+    print(f"  delta: {delta_ms:.4f} ms, {4 * B * H * N * d / delta_ms / 1e6:.0f} GB/s (reads o and dO)")
     for name, (attr, mult, space) in KERNELS.items():
+        space = DEEP[name] if deep else space
         grid, args, kwargs = caps[name].calls[0]
         tuner = caps[name].tuner
         chosen = getattr(tuner, "best_config", None)
@@ -95,11 +111,12 @@ def sweep_shape(N, d, dtype=torch.bfloat16):
 
 
 def main(argv):
-    ns = [int(a) for a in argv] or [120, 384, 512, 1024, 2048, 4096]
+    deep = "--deep" in argv
+    ns = [int(a) for a in argv if a != "--deep"] or [120, 384, 512, 1024, 2048, 4096]
     summary = []
     for N in ns:
         for d in (64, 128):
-            best = sweep_shape(N, d)
+            best = sweep_shape(N, d, deep)
             summary.append((N, d, {k: (round(v[0], 4), v[1]) for k, v in best.items()}))
     print("\n== best configs (ms, (BLOCK_M, BLOCK_N, warps, stages))")
     for N, d, b in summary:

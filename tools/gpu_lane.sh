@@ -67,7 +67,7 @@ STILL=$(missing $NEEDED)
 TEST_RC=0
 if [ "$MODE" != bench ]; then
   say "== CREMA_GPU_LANE=1 python -m pytest -m gpu"
-  CREMA_GPU_LANE=1 "$PY" -m pytest -m gpu -q -rfEs --continue-on-collection-errors -p no:cacheprovider 2>&1 \
+  CREMA_GPU_LANE=1 "$PY" -m pytest -m gpu -q -rfEs --continue-on-collection-errors -p no:cacheprovider -p no:zarr 2>&1 \
     | tee -a "$LOG"
   TEST_RC=${PIPESTATUS[0]}
   say "== GPU tests: exit $TEST_RC"
@@ -77,7 +77,7 @@ fi
 if [ "$MODE" != tests ]; then
   say "== pytest benchmarks/ --benchmark-only -s ${GPU_LANE_BENCH_ARGS:-}"
   # shellcheck disable=SC2086
-  "$PY" -m pytest benchmarks/ --benchmark-only -s -q -rfEs --continue-on-collection-errors -p no:cacheprovider \
+  "$PY" -m pytest benchmarks/ --benchmark-only -s -q -rfEs --continue-on-collection-errors -p no:cacheprovider -p no:zarr \
     ${GPU_LANE_BENCH_ARGS:-} 2>&1 | tee -a "$LOG"
   say "== benchmarks: exit ${PIPESTATUS[0]} (not counted in this script's status)"
 fi
