@@ -51,6 +51,12 @@ DKDV_D128_ONLY = {(64, 128, 8, 2)}
 DQ_CONFIGS = [_cfg(64, 64, 4, 2), _cfg(128, 64, 8, 3), _cfg(128, 32, 4, 3), _cfg(64, 32, 4, 3)]
 DQ_D64_ONLY: set = set()
 DQ_D128_ONLY: set = set()
+# The one-pass backward for N <= FUSED_MAX_N (the model's encoder: 12 leads x visible patches, ~108-120
+# tokens): BLOCK_N covers every key of the head; d = 128 needs 8 warps for its four fp32 accumulators.
+FUSED_MAX_N = 128
+FUSED_CONFIGS = [_cfg(64, 64, 4, 2), _cfg(32, 64, 4, 3), _cfg(64, 64, 8, 2), _cfg(64, 128, 8, 2),
+                 _cfg(32, 128, 8, 3), _cfg(32, 128, 4, 3)]
+FUSED_D64_ONLY = {(32, 128, 4, 3)}
 
 
 def _spec(c):
@@ -76,6 +82,18 @@ def pruner(d64_only, d128_only):
             fit = [triton.Config(dict(c.kwargs), num_warps=c.num_warps, num_stages=min(c.num_stages, max_stages))
                    for c in fit]
         return fit
+
+    return prune
+
+
+def fused_pruner(d64_only, d128_only):
+    """The one-pass backward's prune: only blocks of keys that cover N exactly once (64, or 128 past 64),
+    then the usual rules (``pruner``)."""
+    base = pruner(d64_only, d128_only)
+
+    def prune(configs, named_args, **kwargs):
+        need = max(64, triton.next_power_of_2(named_args["N"]))
+        return base([c for c in configs if c.kwargs["BLOCK_N"] == need], named_args, **kwargs)
 
     return prune
 

@@ -44,9 +44,9 @@ import triton
 import triton.language as tl
 
 from kernels._attention_configs import (  # noqa: F401 (HEAD_DIMS, DTYPES: part of the op's description)
-    DKDV_CONFIGS, DKDV_D64_ONLY, DKDV_D128_ONLY, DQ_CONFIGS, DQ_D64_ONLY, DQ_D128_ONLY, DTYPES, FWD_CONFIGS,
-    FWD_D64_ONLY, FWD_D128_ONLY, HEAD_DIMS, SLICE_LIMIT, TUNE_EXTRA, TUNE_KEY,
-    check_inputs, interpreting, pruner)
+    DKDV_CONFIGS, DKDV_D64_ONLY, DKDV_D128_ONLY, DQ_CONFIGS, DQ_D64_ONLY, DQ_D128_ONLY, DTYPES, FUSED_CONFIGS,
+    FUSED_D64_ONLY, FUSED_MAX_N, FWD_CONFIGS, FWD_D64_ONLY, FWD_D128_ONLY, HEAD_DIMS, SLICE_LIMIT, TUNE_EXTRA,
+    TUNE_KEY, check_inputs, fused_pruner, interpreting, pruner)
 
 LOG2E = 1.4426950408889634
 
@@ -189,7 +189,7 @@ def _attn_bwd_delta(O, DO, DELTA,
 @triton.autotune(configs=DKDV_CONFIGS, key=TUNE_KEY,
                  prune_configs_by={"early_config_prune": pruner(DKDV_D64_ONLY, DKDV_D128_ONLY)}, **TUNE_EXTRA)
 @triton.jit(do_not_specialize=["N", "N_KEY"])
-def _attn_bwd_dkdv(Q, K, V, KEEP, DO, LSE, DELTA, DK, DV,
+def _attn_bwd_dkdv(Q, K, V, KEEP, DO, LSE, DELTA, DK, DV, O, DQ,
                    stride_qb, stride_qh, stride_qn, stride_qd,
                    stride_kb, stride_kh, stride_kn, stride_kd,
                    stride_vb, stride_vh, stride_vn, stride_vd,
@@ -197,9 +197,13 @@ def _attn_bwd_dkdv(Q, K, V, KEEP, DO, LSE, DELTA, DK, DV,
                    stride_gb, stride_gh, stride_gn, stride_gd,
                    stride_mb, stride_mn,
                    H, N, N_KEY, scale, qk_scale,
-                   HEAD_DIM: tl.constexpr, HAS_MASK: tl.constexpr, UPCAST: tl.constexpr,
+                   HEAD_DIM: tl.constexpr, HAS_MASK: tl.constexpr, UPCAST: tl.constexpr, FUSED: tl.constexpr,
                    DOT_PRECISION: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
-    """dK, dV for one block of BLOCK_N keys, looping over all query blocks (transposed layout: keys x queries)."""
+    """dK, dV for one block of BLOCK_N keys, looping over all query blocks (transposed layout: keys x queries).
+
+    FUSED (N <= BLOCK_N, one program per head): the block holds every key, so the program also computes
+    delta from O (contiguous, dQ's strides) and writes each query block's complete dQ: the whole backward
+    in one pass (DELTA unused). Otherwise O and DQ are unused."""
     pid_n = tl.program_id(0)
     b = tl.program_id(1).to(tl.int64)
     h = tl.program_id(2).to(tl.int64)
@@ -209,6 +213,8 @@ def _attn_bwd_dkdv(Q, K, V, KEEP, DO, LSE, DELTA, DK, DV,
     DO += b * stride_dob + h * stride_doh
     DK += b * stride_gb + h * stride_gh
     DV += b * stride_gb + h * stride_gh
+    O += b * stride_gb + h * stride_gh
+    DQ += b * stride_gb + h * stride_gh
     KEEP += b * stride_mb
     LSE += (b * H + h) * N
     DELTA += (b * H + h) * N
@@ -225,8 +231,8 @@ def _attn_bwd_dkdv(Q, K, V, KEEP, DO, LSE, DELTA, DK, DV,
     if HAS_MASK:
         keep = tl.load(KEEP + offs_n * stride_mn, mask=col_in, other=0)
         col_ok = col_in & (keep != 0)
-        # A block of keys that are all masked gets no gradient: skip the loop, store zeros.
-        m_end = tl.where(tl.max(col_ok.to(tl.int32), 0) > 0, N, 0)
+        if not FUSED:  # a block of keys that are all masked gets no gradient: skip the loop, store zeros
+            m_end = tl.where(tl.max(col_ok.to(tl.int32), 0) > 0, N, 0)
     dk = tl.zeros([BLOCK_N, HEAD_DIM], tl.float32)
     dv = tl.zeros([BLOCK_N, HEAD_DIM], tl.float32)
     for start_m in range(0, m_end, BLOCK_M):
@@ -239,19 +245,36 @@ def _attn_bwd_dkdv(Q, K, V, KEEP, DO, LSE, DELTA, DK, DV,
             q = q.to(tl.float32)
             do = do.to(tl.float32)
         lse = tl.load(LSE + offs_m, mask=row_ok, other=float("inf"))  # +inf: padded rows get p = 0
-        delta = tl.load(DELTA + offs_m, mask=row_ok, other=0.0)
+        if FUSED:
+            o = tl.load(O + offs_m[:, None] * stride_gn + offs_d[None, :] * stride_gd, mask=row_ok[:, None],
+                        other=0.0)
+            delta = tl.sum(o.to(tl.float32) * do.to(tl.float32), 1)
+        else:
+            delta = tl.load(DELTA + offs_m, mask=row_ok, other=0.0)
         s_t = tl.dot(k, tl.trans(q), input_precision=DOT_PRECISION) * qk_scale
         p_t = tl.math.exp2(s_t - lse[None, :])
-        if HAS_MASK:  # masked keys get no gradient; keys past N need no zeroing (their rows are not stored)
+        # Masked keys get no gradient. Keys past N need no zeroing for dK, dV (their rows are not stored), but
+        # FUSED takes dS to dQ, where exp2(-lse) (not 0, could overflow) would meet their zero rows of K.
+        if HAS_MASK or FUSED:
             p_t = tl.where(col_ok[:, None], p_t, 0.0)
         dv = tl.dot(p_t.to(do.dtype), do, dv, input_precision=DOT_PRECISION)
         dp_t = tl.dot(v, tl.trans(do), input_precision=DOT_PRECISION)
         ds_t = p_t * (dp_t - delta[None, :])
         dk = tl.dot(ds_t.to(q.dtype), q, dk, input_precision=DOT_PRECISION)
+        if FUSED:  # every key of the head is in this block: this query block's dQ is complete
+            dq = tl.dot(tl.trans(ds_t.to(k.dtype)), k, input_precision=DOT_PRECISION) * scale
+            tl.store(DQ + offs_m[:, None] * stride_gn + offs_d[None, :] * stride_gd, dq.to(DQ.dtype.element_ty),
+                     mask=row_ok[:, None])
     dk = dk * scale
     g_off = offs_n[:, None] * stride_gn + offs_d[None, :] * stride_gd
     tl.store(DK + g_off, dk.to(DK.dtype.element_ty), mask=col_in[:, None])
     tl.store(DV + g_off, dv.to(DV.dtype.element_ty), mask=col_in[:, None])
+
+
+# The same kernel with FUSED=True, tuned apart: its blocks must cover N (BLOCK_N = N rounded up to 64 or 128).
+_attn_bwd_fused = triton.autotune(configs=FUSED_CONFIGS, key=TUNE_KEY,
+                                  prune_configs_by={"early_config_prune": fused_pruner(FUSED_D64_ONLY, set())},
+                                  **TUNE_EXTRA)(_attn_bwd_dkdv.fn)
 
 
 @triton.jit
@@ -362,24 +385,40 @@ def _forward(q, k, v, keep, scale, upcast=None):
     return o, lse
 
 
-def _backward(do, q, k, v, o, lse, keep, scale, upcast=None):
-    """Launch the backward: returns dq, dk, dv, each (B, H, N, d) in q's dtype."""
+def _fused(n: int, dtype: torch.dtype) -> bool:
+    """Whether the backward runs as one pass (``_attn_bwd_fused``): every key of a head fits one block of
+    FUSED_MAX_N (64 in fp32, whose blocks are capped at 64, see the pruner)."""
+    return n <= (64 if dtype == torch.float32 else FUSED_MAX_N)
+
+
+def _backward(do, q, k, v, o, lse, keep, scale, upcast=None, fused=None):
+    """Launch the backward: returns dq, dk, dv, each (B, H, N, d) in q's dtype.
+
+    Short sequences (``_fused``) take one kernel, one program per head: delta, dK, dV and dQ in one pass
+    over q, k, v, o and dO. Longer ones take three: delta, then dK/dV and dQ, each recomputing P.
+    ``fused`` overrides the choice (tests); a fused launch needs N <= FUSED_MAX_N."""
     B, H, N, D = q.shape
     if (N - 1) * do.stride(2) + (D - 1) * do.stride(3) >= SLICE_LIMIT:  # in-slice offsets are int32
         do = do.contiguous()
-    delta = torch.empty_like(lse)
-    _attn_bwd_delta[(triton.cdiv(N, 64), B, H)](o, do, delta, *o.stride(), *do.stride(), H, N,
-                                                HEAD_DIM=D, BLOCK_M=64)
+    fused = _fused(N, q.dtype) if fused is None else fused
     dq = torch.empty((B, H, N, D), dtype=q.dtype, device=q.device)
     dk = torch.empty_like(dq)
     dv = torch.empty_like(dq)
+    o = o if o.stride() == dq.stride() else o.contiguous()  # the kernel reads O with dQ's strides
     mask_arg, mask_strides = (keep, keep.stride()) if keep is not None else (q, (0, 0))
     common = dict(HEAD_DIM=D, HAS_MASK=keep is not None, **_flags(q, upcast))
     # The gradients are fresh contiguous tensors: their strides (the stride_g* slots) are dq's for all three.
     strides = (*q.stride(), *k.stride(), *v.stride(), *do.stride(), *dq.stride(), *mask_strides)
+    if fused:
+        _attn_bwd_fused[(1, B, H)](q, k, v, mask_arg, do, lse, lse, dk, dv, o, dq, *strides, H, N, _n_key(N),
+                                   scale, scale * LOG2E, FUSED=True, **common)
+        return dq, dk, dv
+    delta = torch.empty_like(lse)
+    _attn_bwd_delta[(triton.cdiv(N, 64), B, H)](o, do, delta, *o.stride(), *do.stride(), H, N,
+                                                HEAD_DIM=D, BLOCK_M=64)
     grid_kv = lambda meta: (triton.cdiv(N, meta["BLOCK_N"]), B, H)  # noqa: E731
-    _attn_bwd_dkdv[grid_kv](q, k, v, mask_arg, do, lse, delta, dk, dv, *strides, H, N, _n_key(N), scale,
-                            scale * LOG2E, **common)
+    _attn_bwd_dkdv[grid_kv](q, k, v, mask_arg, do, lse, delta, dk, dv, dk, dk, *strides, H, N, _n_key(N), scale,
+                            scale * LOG2E, FUSED=False, **common)
     grid_q = lambda meta: (triton.cdiv(N, meta["BLOCK_M"]), B, H)  # noqa: E731
     _attn_bwd_dq[grid_q](q, k, v, mask_arg, do, lse, delta, dq, *strides, H, N, _n_key(N), scale,
                          scale * LOG2E, **common)

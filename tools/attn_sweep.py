@@ -67,15 +67,21 @@ def sweep_shape(N, d, deep=False, dtype=torch.bfloat16):
     caps = {name: Capture(getattr(A, attr)) for name, (attr, _, _) in KERNELS.items()}
     for name, (attr, _, _) in KERNELS.items():
         setattr(A, attr, caps[name])
+    one_pass, A._fused = A._fused, lambda n, dtype: False  # capture the three-kernel backward at every N
     try:
         A.attention(q, k, v).backward(do)
     finally:
+        A._fused = one_pass
         for name, (attr, _, _) in KERNELS.items():
             setattr(A, attr, caps[name].tuner)
     scale = d ** -0.5
     with torch.no_grad():
         o, lse = A._forward(q, k, v, None, scale)
     bwd_ms = triton.testing.do_bench(lambda: A._backward(do, q, k, v, o, lse, None, scale), warmup=5, rep=25)
+    if A._fused(N, dtype):  # the one-pass backward against the three kernels, both autotuned
+        split_ms = triton.testing.do_bench(lambda: A._backward(do, q, k, v, o, lse, None, scale, fused=False),
+                                           warmup=5, rep=25)
+        print(f"  backward: one pass {bwd_ms:.4f} ms, three kernels {split_ms:.4f} ms", flush=True)
     unit = 2.0 * B * H * N * N * d
     best = {}
     print(f"\n== N={N} d={d} B={B} H={H}", flush=True)

@@ -10,7 +10,9 @@
 #   tools/gpu_lane.sh            # tests, then benchmarks
 #   tools/gpu_lane.sh tests      # only the GPU tests
 #   tools/gpu_lane.sh bench      # only the benchmarks
-# Extra pytest arguments for the benchmark run go in GPU_LANE_BENCH_ARGS (e.g. "-k attention").
+# Extra pytest arguments for the benchmark run go in GPU_LANE_BENCH_ARGS (split at spaces), a -k expression
+# in GPU_LANE_BENCH_K (e.g. "attention_gpu or train_gpu"). The tests run in GPU_LANE_WORKERS (default 8)
+# processes where pytest-xdist is installed: most of their time is Triton compiling each autotuning config.
 #
 # The CUDA test machine has Python 3.12 with torch and triton but not zarr, wfdb and a few others. Before
 # going there, run ../shared/tools/gpu-wheels.sh here (it fills .whl/, ignored by git) and carry .whl along;
@@ -67,7 +69,9 @@ STILL=$(missing $NEEDED)
 TEST_RC=0
 if [ "$MODE" != bench ]; then
   say "== CREMA_GPU_LANE=1 python -m pytest -m gpu"
-  CREMA_GPU_LANE=1 "$PY" -m pytest -m gpu -q -rfEs --continue-on-collection-errors -p no:cacheprovider -p no:zarr 2>&1 \
+  XDIST=()
+  "$PY" -c 'import xdist' 2>/dev/null && XDIST=(-n "${GPU_LANE_WORKERS:-8}")
+  CREMA_GPU_LANE=1 "$PY" -m pytest -m gpu "${XDIST[@]}" -q -rfEs --continue-on-collection-errors -p no:cacheprovider -p no:zarr 2>&1 \
     | tee -a "$LOG"
   TEST_RC=${PIPESTATUS[0]}
   say "== GPU tests: exit $TEST_RC"
@@ -75,10 +79,12 @@ fi
 
 # --- every benchmark -------------------------------------------------------------------------------------
 if [ "$MODE" != tests ]; then
-  say "== pytest benchmarks/ --benchmark-only -s ${GPU_LANE_BENCH_ARGS:-}"
+  K=()
+  [ -n "${GPU_LANE_BENCH_K:-}" ] && K=(-k "$GPU_LANE_BENCH_K")
+  say "== pytest benchmarks/ --benchmark-only -s ${GPU_LANE_BENCH_ARGS:-} ${K[*]}"
   # shellcheck disable=SC2086
   "$PY" -m pytest benchmarks/ --benchmark-only -s -q -rfEs --continue-on-collection-errors -p no:cacheprovider -p no:zarr \
-    ${GPU_LANE_BENCH_ARGS:-} 2>&1 | tee -a "$LOG"
+    ${GPU_LANE_BENCH_ARGS:-} "${K[@]}" 2>&1 | tee -a "$LOG"
   say "== benchmarks: exit ${PIPESTATUS[0]} (not counted in this script's status)"
 fi
 

@@ -238,6 +238,26 @@ def test_offsets_past_2_31_elements():
         f"exit code {proc.returncode} (-11 or 139: segfault, an int32 offset wrapped): {proc.stderr[-3000:]}")
 
 
+@pytest.mark.parametrize("masked", [False, True], ids=["nomask", "mask"])
+def test_one_pass_backward_matches_three_kernels(masked):
+    """Short sequences take the one-pass backward (every key of a head in one block, dQ written there);
+    forced both ways at one point it gives the three-kernel gradients, also for a batch whose keys are all
+    masked (its gradients are zeros: the one-pass kernel must not skip the loop that writes dQ)."""
+    N, d, dtype = 100, 32, torch.float16
+    assert attn_mod._fused(N, dtype) and not attn_mod._fused(130, dtype) and not attn_mod._fused(N, torch.float32)
+    q, k, v, do, mask = _inputs(2, 2, N, d, dtype, masked, seed=3)
+    if masked:
+        mask[0] = False
+    keep = None if mask is None else mask.view(torch.uint8)
+    o, lse = attn_mod._forward(q, k, v, keep, d ** -0.5)
+    one = attn_mod._backward(do, q, k, v, o, lse, keep, d ** -0.5, fused=True)
+    three = attn_mod._backward(do, q, k, v, o, lse, keep, d ** -0.5, fused=False)
+    for name, a, b in zip(("dq", "dk", "dv"), one, three):
+        torch.testing.assert_close(a.float(), b.float(), atol=1e-3, rtol=1e-3, msg=lambda m, n=name: f"{n}: {m}")
+        if masked:
+            assert a[0].abs().max() == 0, name
+
+
 # ----------------------------------------------------------------------------------------------------------
 # GPU lane: real shapes, bf16 and fp16, error within 2x PyTorch's own low-precision error.
 
@@ -305,7 +325,7 @@ import kernels.attention as A
 
 POINTERS = {"Q", "K", "V", "KEEP", "O", "LSE", "DO", "DELTA", "DK", "DV", "DQ"}
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
-KERNELS = {"fwd": A._attn_fwd, "dkdv": A._attn_bwd_dkdv, "dq": A._attn_bwd_dq}
+KERNELS = {"fwd": A._attn_fwd, "dkdv": A._attn_bwd_dkdv, "dq": A._attn_bwd_dq, "fused": A._attn_bwd_fused}
 
 def tuned(name, dtype, head_dim, n=4096):
     """The configs the autotuner would time on a GPU (its own pruner) for this dtype and head dim."""
@@ -315,10 +335,10 @@ def tuned(name, dtype, head_dim, n=4096):
             for c in kernel.early_config_prune(kernel.configs, nargs, HEAD_DIM=head_dim)]
 
 def compile_one(kernel, dtype, head_dim, spec):
-    fn, (block_m, block_n, warps, stages) = kernel.fn, spec
+    fn, (block_m, block_n, warps, stages) = KERNELS[kernel].fn, spec
     precision = "tf32x3" if dtype == "fp32" else "ieee"  # as kernels.attention._flags on a GPU
     fixed = {"HEAD_DIM": head_dim, "HAS_MASK": True, "UPCAST": False, "DOT_PRECISION": precision,
-             "BLOCK_M": block_m, "BLOCK_N": block_n}
+             "BLOCK_M": block_m, "BLOCK_N": block_n, "FUSED": kernel == "fused"}
     sig, consts, attrs = {}, {}, {}
     for i, name in enumerate(fn.arg_names):
         if name in fixed or (name.startswith("stride") and name[-1] == "d") or name == "stride_mn":
@@ -340,20 +360,21 @@ plan = [("bf16", "fwd", 64, (64, 64, 4, 3)), ("bf16", "fwd", 128, (128, 64, 8, 4
 plan += [("fp16", name, 64, tuned(name, "fp16", 64)[-1]) for name in ("dkdv", "dq")]
 plan += [("bf16", name, 128, spec) for name in ("dkdv", "dq") for spec in tuned(name, "bf16", 128)]
 plan += [("fp32", name, 128, spec) for name in ("dkdv", "dq") for spec in tuned(name, "fp32", 128)]
+plan += [("bf16", "fused", 128, spec) for spec in tuned("fused", "bf16", 128, n=120)]
 out = []
 for dt, name, d, spec in plan:
     t = time.perf_counter()
-    out.append([dt, name, d, spec, compile_one(KERNELS[name], dt, d, spec), round(time.perf_counter() - t, 2)])
+    out.append([dt, name, d, spec, compile_one(name, dt, d, spec), round(time.perf_counter() - t, 2)])
 print(json.dumps(out))
 '''
 
 
 def test_kernels_compile_for_hopper():
     """The kernels compile for sm_90 with the key padding mask in bf16, fp16 and fp32 (3xTF32 dots),
-    including every backward config the autotuner keeps at d = 128 in bf16 and the one it keeps for fp32;
-    every dot becomes wgmma (tensor cores) and every config fits the H100's 227 KiB of shared memory per
-    block (the fp32 d = 128 backward did not at 2 stages: 256 KiB). 12 compiles, about 20 s cold (the
-    Triton cache makes a rerun about 3 s)."""
+    including every backward config the autotuner keeps at d = 128 in bf16 (the one-pass backward's at
+    N = 120 too) and the one it keeps for fp32; every dot becomes wgmma (tensor cores) and every config fits
+    the H100's 227 KiB of shared memory per block (the fp32 d = 128 backward did not at 2 stages: 256 KiB).
+    14 compiles, about 25 s cold (the Triton cache makes a rerun about 3 s)."""
     repo = Path(__file__).resolve().parents[2]
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     proc = subprocess.run([sys.executable, "-c", _COMPILE], cwd=repo, env=env, capture_output=True, text=True,
@@ -365,7 +386,8 @@ def test_kernels_compile_for_hopper():
     print("compile seconds:", [(r[0], r[1], r[2], r[5]) for r in results])  # shown with -s
     covered = {(dt, name, d) for dt, name, d, *_ in results}
     assert covered == {("bf16", "fwd", 64), ("bf16", "fwd", 128), ("fp16", "dkdv", 64), ("fp16", "dq", 64),
-                       ("bf16", "dkdv", 128), ("bf16", "dq", 128), ("fp32", "dkdv", 128), ("fp32", "dq", 128)}
+                       ("bf16", "dkdv", 128), ("bf16", "dq", 128), ("fp32", "dkdv", 128), ("fp32", "dq", 128),
+                       ("bf16", "fused", 128)}
     assert sum(r[:3] == ["bf16", "dkdv", 128] for r in results) == 3  # the three d = 128 configs
     for dt, name, d, spec, res, _ in results:
         where = f"{dt} {name} d={d} {spec}"
