@@ -55,8 +55,10 @@ def peak(kind: str) -> float | None:
 
 
 def _commit() -> str:
-    """The commit measured: git's short hash (+dirty), else CREMA_COMMIT (the device machine gets the tree
-    without .git, so tools/gpu_lane.sh is given the hash), else 'unknown'."""
+    """The commit measured: CREMA_COMMIT where set (the device machine's copy of the tree carries a .git
+    whose HEAD is not the tree's commit), else git's short hash (+dirty), else 'unknown'."""
+    if os.environ.get("CREMA_COMMIT"):
+        return os.environ["CREMA_COMMIT"]
     try:
         out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
                              cwd=RESULTS.parent, timeout=5)
@@ -68,7 +70,7 @@ def _commit() -> str:
             return out.stdout.strip() + ("+dirty" if dirty else "")
     except (OSError, subprocess.SubprocessError):
         pass
-    return os.environ.get("CREMA_COMMIT", "unknown")
+    return "unknown"
 
 
 def versions() -> dict[str, str]:

@@ -1,14 +1,15 @@
 """Time every attention kernel under a wide set of block sizes, warps and stages at the benchmark's shapes
 (GPU only), to choose the autotuning sets in kernels/_attention_configs.py.
 
-Run: ``python tools/attn_sweep.py [--deep] [N ...]`` (default N = 120 384 512 1024 2048 4096; d = 64 and 128; bf16,
+Run: ``python tools/attn_sweep.py [--deep] [N ...]`` or ``python tools/attn_sweep.py --overhead`` (default N = 120 384 512 1024 2048 4096; d = 64 and 128; bf16,
 B*H*N*d constant as in benchmarks/bench_attention.py). For each shape it runs the op once (autotuning as
 usual), captures each kernel's launch, then relaunches that kernel alone under each config with
 ``triton.testing.do_bench`` (median ms). Printed per config: ms and TFLOP/s, counting the kernel's own
 matmuls (forward 2 = 4*B*H*N^2*d FLOPs; dK/dV 4 matmuls = 8*B*H*N^2*d; dQ 3 = 6*B*H*N^2*d), then per shape the
 best config of each kernel, the autotuner's choice, and the backward they give (2.5 x forward FLOPs over
 the sum of the best dK/dV, dQ and delta times). ``--deep`` times fewer block shapes (the best of the wide
-sweep) at more pipeline depths (2-5 stages). A config that does not fit (shared memory, registers)
+sweep) at more pipeline depths (2-5 stages); ``--overhead`` times the whole op at N = 120 on the host,
+with do_bench and as a CUDA-graph replay, beside SDPA's cuDNN and flash backends. A config that does not fit (shared memory, registers)
 prints its error and is skipped.
 """
 
@@ -116,7 +117,66 @@ def sweep_shape(N, d, deep=False, dtype=torch.bfloat16):
     return best
 
 
+def overhead(N=120, d=64, dtype=torch.bfloat16):
+    """Where short sequences lose time: per impl and pass, the host's time per call (no sync, 50 calls),
+    the GPU time through do_bench (what the benchmark reports), and the time of a CUDA-graph replay of the
+    same call (GPU work alone, without launch gaps)."""
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+    import time
+
+    B, H = max(1, 16384 // N), 2048 // d
+    g = torch.Generator(device="cuda").manual_seed(0)
+    q, k, v, do = (torch.randn(B, H, N, d, generator=g, device="cuda", dtype=dtype) for _ in range(4))
+    q, k, v = (t.requires_grad_() for t in (q, k, v))
+
+    def cudnn(q, k, v):
+        with sdpa_kernel(SDPBackend.CUDNN_ATTENTION):
+            return torch.nn.functional.scaled_dot_product_attention(q, k, v)
+
+    def flash(q, k, v):
+        with sdpa_kernel(SDPBackend.FLASH_ATTENTION):
+            return torch.nn.functional.scaled_dot_product_attention(q, k, v)
+
+    print(f"\n== overhead at N={N} d={d} B={B} H={H}: host us/call, do_bench ms, graph replay ms")
+    for name, fn in (("triton", A.attention), ("sdpa_cudnn", cudnn), ("sdpa_flash", flash)):
+        for pss in ("fwd", "fwd+bwd"):
+            def call():
+                for t in (q, k, v):
+                    t.grad = None
+                if pss == "fwd":
+                    with torch.no_grad():
+                        fn(q, k, v)
+                else:
+                    fn(q, k, v).backward(do)
+            for _ in range(3):
+                call()
+            torch.cuda.synchronize()
+            t0 = time.perf_counter()
+            for _ in range(50):
+                call()
+            host_us = (time.perf_counter() - t0) / 50 * 1e6
+            torch.cuda.synchronize()
+            ms = triton.testing.do_bench(call, warmup=25, rep=100)
+            try:
+                s = torch.cuda.Stream()
+                s.wait_stream(torch.cuda.current_stream())
+                with torch.cuda.stream(s):
+                    call()
+                torch.cuda.current_stream().wait_stream(s)
+                graph = torch.cuda.CUDAGraph()
+                with torch.cuda.graph(graph):
+                    call()
+                graph_ms = f"{triton.testing.do_bench(graph.replay, warmup=25, rep=100):.4f}"
+            except Exception as err:  # noqa: BLE001 (a capture that fails is reported, not fatal)
+                graph_ms = f"capture failed: {type(err).__name__}: {str(err).splitlines()[0][:60]}"
+            print(f"  {name:10s} {pss:8s} host {host_us:7.1f} us  do_bench {ms:.4f} ms  graph {graph_ms}", flush=True)
+
+
 def main(argv):
+    if "--overhead" in argv:
+        for d in (64, 128):
+            overhead(d=d)
+        return
     deep = "--deep" in argv
     ns = [int(a) for a in argv if a != "--deep"] or [120, 384, 512, 1024, 2048, 4096]
     summary = []
