@@ -178,6 +178,9 @@ def test_attention_gpu(benchmark):
                               rounds=1, iterations=1)
     print_table(f"attention, bf16, {device_name()}", rows, COLUMNS)
     record("attention", rows)
+    from plot_attention import main as plot_main
+
+    plot_main([])  # attention_<device>_<commit>.png beside the rows
     assert rows
 
 
