@@ -99,14 +99,15 @@ def fused_pruner(d64_only, d128_only):
 
 
 def _bench(kernel_call, quantiles):
-    """Autotuning timer, Triton's default lengths (25 ms warm-up, 100 ms of runs): with 10 / 40 ms the H100's
-    forward at N = 1024, d = 64 came out at 404 TFLOP/s in one benchmark run and 372 in the next, the
-    autotuner picking among configs within 3% of each other in a sweep (tools/attn_sweep.py)."""
-    return triton.testing.do_bench(kernel_call, warmup=25, rep=100, quantiles=quantiles)
+    """Autotuning timer: shorter than Triton's default (25 ms warm-up, 100 ms runs). On the H100 the default
+    lengths (tried at 2a9b4bf) did not steady the benchmark: the forward at N = 1024, d = 64 read 404 and 372
+    TFLOP/s in two runs with this timer and 349 in one with the default; the best configs there are within
+    3% of each other (tools/attn_sweep.py)."""
+    return triton.testing.do_bench(kernel_call, warmup=10, rep=40, quantiles=quantiles)
 
 
 TUNE_KEY = ["N_KEY", "HEAD_DIM", "HAS_MASK"]  # the autotuner adds the tensors' dtypes itself
-# The timer where this Triton's autotune takes one. No on-disk cache of tuning results: the key
+# The short timer where this Triton's autotune takes one. No on-disk cache of tuning results: the key
 # has no B*H, so a result tuned at the tests' small batches must not be reused by a benchmark or a run.
 TUNE_EXTRA = {k: v for k, v in (("do_bench", _bench),)
               if k in inspect.signature(triton.autotune).parameters}
