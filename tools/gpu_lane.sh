@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The GPU lane in one command: on a machine with CUDA, install what is missing, run the GPU tests
-# (CREMA_GPU_LANE=1 python -m pytest -m gpu) and every benchmark (pytest benchmarks/ --benchmark-only -s),
+# (CREMA_GPU_LANE=1 python -m pytest -m gpu) and the GPU benchmarks (pytest benchmarks/ --benchmark-only -s -k gpu),
 # and keep the results under benchmarks/results/: the rows each benchmark appends through harness.record()
 # (<bench>.jsonl) and the full log, gpu_lane_<device>_<UTC date>.log. Where $OUT is set (the device
 # machine's copy-back folder), the log is copied there, and benchmarks/results/ as one tarball
@@ -11,11 +11,15 @@
 #   tools/gpu_lane.sh tests      # only the GPU tests
 #   tools/gpu_lane.sh bench      # only the benchmarks
 # Extra pytest arguments for the benchmark run go in GPU_LANE_BENCH_ARGS (split at spaces), a -k expression
-# in GPU_LANE_BENCH_K (e.g. "attention_gpu or train_gpu"). The tests run in GPU_LANE_WORKERS (default 8)
-# processes where pytest-xdist is installed: most of their time is Triton compiling each autotuning config.
+# in GPU_LANE_BENCH_K: by default "gpu", the GPU benchmarks (attention, training step); set it empty for
+# every benchmark (the store and data-path ones time this machine's CPU, minutes of device time). The tests
+# run in GPU_LANE_WORKERS (default 8) processes where pytest-xdist is installed: most of their time is
+# Triton compiling each autotuning config (123 tests: 134 s on an H100 machine's 16 cores).
 #
 # The CUDA test machine has Python 3.12 with torch and triton but not zarr, wfdb and a few others. Before
-# going there, run ../shared/tools/gpu-wheels.sh here (it fills .whl/, ignored by git) and carry .whl along;
+# going there, run ../shared/tools/gpu-wheels.sh zarr==3.1.6 numcodecs==0.16.6 here (it fills .whl/, ignored
+# by git; newer zarr needs msgspec, which it does not fetch, and zarr's pytest plugin then breaks every
+# pytest run there, which is also why the runs below pass -p no:zarr) and carry .whl along;
 # this script installs those wheels into .site (ignored) and puts the repository and .site on PYTHONPATH.
 # Without them the modules that need them fail to collect; the other tests and benchmarks still run.
 #
@@ -80,7 +84,7 @@ fi
 # --- every benchmark -------------------------------------------------------------------------------------
 if [ "$MODE" != tests ]; then
   K=()
-  [ -n "${GPU_LANE_BENCH_K:-}" ] && K=(-k "$GPU_LANE_BENCH_K")
+  [ -n "${GPU_LANE_BENCH_K-gpu}" ] && K=(-k "${GPU_LANE_BENCH_K-gpu}")
   say "== pytest benchmarks/ --benchmark-only -s ${GPU_LANE_BENCH_ARGS:-} ${K[*]}"
   # shellcheck disable=SC2086
   "$PY" -m pytest benchmarks/ --benchmark-only -s -q -rfEs --continue-on-collection-errors -p no:cacheprovider -p no:zarr \
