@@ -1,7 +1,7 @@
 """Time every attention kernel under a wide set of block sizes, warps and stages at the benchmark's shapes
 (GPU only), to choose the autotuning sets in kernels/_attention_configs.py.
 
-Run: ``python tools/attn_sweep.py [--deep] [N ...]`` or ``python tools/attn_sweep.py --overhead`` (default N = 120 384 512 1024 2048 4096; d = 64 and 128; bf16,
+Run: ``python tools/attn_sweep.py [--deep] [--kernels fwd,dkdv,dq] [N ...]`` or ``python tools/attn_sweep.py --overhead`` (default N = 120 384 512 1024 2048 4096; d = 64 and 128; bf16,
 B*H*N*d constant as in benchmarks/bench_attention.py). For each shape it runs the op once (autotuning as
 usual), captures each kernel's launch, then relaunches that kernel alone under each config with
 ``triton.testing.do_bench`` (median ms). Printed per config: ms and TFLOP/s, counting the kernel's own
@@ -60,7 +60,7 @@ class Capture:
         return launch
 
 
-def sweep_shape(N, d, deep=False, dtype=torch.bfloat16):
+def sweep_shape(N, d, deep=False, only=tuple(KERNELS), dtype=torch.bfloat16):
     B, H = max(1, 16384 // N), 2048 // d
     g = torch.Generator(device="cuda").manual_seed(0)
     q, k, v, do = (torch.randn(B, H, N, d, generator=g, device="cuda", dtype=dtype) for _ in range(4))
@@ -91,6 +91,8 @@ def sweep_shape(N, d, deep=False, dtype=torch.bfloat16):
         o, do, delta, *o.stride(), *do.stride(), H, N, HEAD_DIM=d, BLOCK_M=64), warmup=5, rep=25)
     print(f"  delta: {delta_ms:.4f} ms, {4 * B * H * N * d / delta_ms / 1e6:.0f} GB/s (reads o and dO)")
     for name, (attr, mult, space) in KERNELS.items():
+        if name not in only:
+            continue
         space = DEEP[name] if deep else space
         grid, args, kwargs = caps[name].calls[0]
         tuner = caps[name].tuner
@@ -110,6 +112,8 @@ def sweep_shape(N, d, deep=False, dtype=torch.bfloat16):
         best[name] = res[0]
         print(f"  -> {name} best {res[0][1]} {res[0][0]:.4f} ms {mult * unit / res[0][0] / 1e9:.1f} TFLOP/s; "
               f"autotuner chose {chosen}")
+    if set(best) != set(KERNELS):  # the summary line needs all three
+        return best
     bwd = best["dkdv"][0] + best["dq"][0]
     print(f"  -> fwd {2 * unit / best['fwd'][0] / 1e9:.1f} TFLOP/s; bwd (best dkdv + dq, without delta) "
           f"{5 * unit / bwd / 1e9:.1f} TFLOP/s; the autotuned backward (delta included) {bwd_ms:.4f} ms = "
@@ -178,11 +182,15 @@ def main(argv):
             overhead(d=d)
         return
     deep = "--deep" in argv
+    only = tuple(KERNELS)
+    if "--kernels" in argv:
+        i = argv.index("--kernels")
+        only, argv = tuple(argv[i + 1].split(",")), argv[:i] + argv[i + 2:]
     ns = [int(a) for a in argv if a != "--deep"] or [120, 384, 512, 1024, 2048, 4096]
     summary = []
     for N in ns:
         for d in (64, 128):
-            best = sweep_shape(N, d, deep)
+            best = sweep_shape(N, d, deep, only)
             summary.append((N, d, {k: (round(v[0], 4), v[1]) for k, v in best.items()}))
     print("\n== best configs (ms, (BLOCK_M, BLOCK_N, warps, stages))")
     for N, d, b in summary:
