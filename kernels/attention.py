@@ -98,16 +98,18 @@ def _fwd_block(acc, l_i, m_i, q, K, V, KEEP, start_n, offs_d, N, stride_kn, stri
     if UPCAST:
         k = k.to(tl.float32)
         v = v.to(tl.float32)
-    s = tl.dot(q, tl.trans(k), input_precision=DOT_PRECISION) * qk_scale
+    s = tl.dot(q, tl.trans(k), input_precision=DOT_PRECISION)  # unscaled: see the max below
     if HAS_MASK:
         keep = tl.load(KEEP + offs_n * stride_mn, mask=col_ok, other=0)
         col_ok = col_ok & (keep != 0)
     if BOUNDS or HAS_MASK:
         s = tl.where(col_ok[None, :], s, float("-inf"))
+    # The scale is positive, so the max of the raw scores, scaled, is the max of the scaled ones; then each
+    # score takes one fused multiply-subtract before exp2 instead of a multiply and a subtract.
     # m_i starts at -1e30 (finite), so a block whose keys are all masked gives exp2(-inf) = 0, never NaN.
-    m_new = tl.maximum(m_i, tl.max(s, 1))
+    m_new = tl.maximum(m_i, tl.max(s, 1) * qk_scale)
     alpha = tl.math.exp2(m_i - m_new)
-    p = tl.math.exp2(s - m_new[:, None])
+    p = tl.math.exp2(s * qk_scale - m_new[:, None])
     l_i = l_i * alpha + tl.sum(p, 1)
     acc = acc * alpha[:, None]
     acc = tl.dot(p.to(v.dtype), v, acc, input_precision=DOT_PRECISION)
