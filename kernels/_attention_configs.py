@@ -35,8 +35,9 @@ def _cfg(block_m, block_n, warps, stages):
     return triton.Config({"BLOCK_M": block_m, "BLOCK_N": block_n}, num_warps=warps, num_stages=stages)
 
 
-# Each set is the best few of a sweep of every kernel over blocks {32, 64, 128}^2, 4 or 8 warps and 2-4
-# stages at the benchmark's shapes on an H100 (tools/attn_sweep.py, 2026-11-25; bf16, N = 120-4096). Entries
+# Each set but the one-pass backward's is the best few of a sweep of every kernel over blocks {32, 64, 128}^2,
+# 4 or 8 warps and 2-5 stages at the benchmark's shapes on an H100 (tools/attn_sweep.py, 2026-11-25; bf16,
+# N = 120-4096; benchmarks/results/gpu_attn_sweep_*). Entries
 # under "d <= 64 only" were slow or did not fit at d = 128, and the reverse. The first entry of each set is
 # the interpreter's (64 x 64, the cheapest there).
 FWD_CONFIGS = [_cfg(64, 64, 4, 3), _cfg(64, 64, 4, 2), _cfg(128, 64, 8, 3), _cfg(128, 64, 8, 4), _cfg(128, 64, 4, 3)]
@@ -52,7 +53,9 @@ DQ_CONFIGS = [_cfg(64, 64, 4, 2), _cfg(128, 64, 8, 3), _cfg(128, 32, 4, 3), _cfg
 DQ_D64_ONLY: set = set()
 DQ_D128_ONLY: set = set()
 # The one-pass backward for N <= FUSED_MAX_N (the model's encoder: 12 leads x visible patches, ~108-120
-# tokens): BLOCK_N covers every key of the head; d = 128 needs 8 warps for its four fp32 accumulators.
+# tokens): BLOCK_N covers every key of the head. Not swept (attn_sweep times the three-kernel backward):
+# the dK/dV set's shapes plus 8-warp ones, for its extra fp32 tile (dQ's).
+# At d = 128 all of them spill some registers (ptxas, sm_90a: 104-1612 bytes, the 4-warp ones most).
 FUSED_MAX_N = 128
 FUSED_CONFIGS = [_cfg(64, 64, 4, 2), _cfg(32, 64, 4, 3), _cfg(64, 64, 8, 2), _cfg(64, 128, 8, 2),
                  _cfg(32, 128, 8, 3), _cfg(32, 128, 4, 3)]

@@ -21,10 +21,13 @@ is ever written to memory).
 
 Kernels: ``_attn_fwd`` (online softmax over key blocks), ``_attn_bwd_delta`` (delta = rowsum(dO * O)),
 ``_attn_bwd_dkdv`` (one program per key block, looping over query blocks) and ``_attn_bwd_dq`` (one
-program per query block, looping over key blocks). Grids are (blocks, B, H), consecutive programs sharing a
-head's K and V in L2. Block sizes and warps are autotuned per device over small sets, keyed on (N rounded
-up to a power of two, d, mask or not, dtype); the sets were checked by compiling for sm_90 (wgmma, no
-register spills at the head dims they serve; tests/test_kernels compiles some for Hopper on every run).
+program per query block, looping over key blocks); for N <= FUSED_MAX_N (128; 64 in fp32) the backward is
+one pass instead, ``_attn_bwd_fused`` (the dK/dV kernel with FUSED: one program per head, delta and dQ
+included). Grids are (blocks, B, H), consecutive programs sharing a head's K and V in L2. Block sizes and
+warps are autotuned per device over small sets, keyed on (N rounded up to a power of two, d, mask or not,
+dtype), chosen from H100 sweeps (tools/attn_sweep.py). At d = 128 several kept configs spill registers
+(ptxas, sm_90a: 104-1612 bytes); some of those were still the fastest in the sweeps, and the autotuner
+picks by time. tests/test_kernels compiles some configs for Hopper on every run (wgmma, shared memory).
 The sets, their pruning and the input validation live in kernels/_attention_configs.py.
 
 CPU: under ``TRITON_INTERPRET=1`` the same kernels run in Triton's interpreter (tests, small shapes).
@@ -389,7 +392,7 @@ def _forward(q, k, v, keep, scale, upcast=None):
 
 def _fused(n: int, dtype: torch.dtype) -> bool:
     """Whether the backward runs as one pass (``_attn_bwd_fused``): every key of a head fits one block of
-    FUSED_MAX_N (64 in fp32, whose blocks are capped at 64, see the pruner)."""
+    FUSED_MAX_N, 64 in fp32 (the pruner keeps fp32 blocks <= 64 where it can)."""
     return n <= (64 if dtype == torch.float32 else FUSED_MAX_N)
 
 
@@ -403,6 +406,8 @@ def _backward(do, q, k, v, o, lse, keep, scale, upcast=None, fused=None):
     if (N - 1) * do.stride(2) + (D - 1) * do.stride(3) >= SLICE_LIMIT:  # in-slice offsets are int32
         do = do.contiguous()
     fused = _fused(N, q.dtype) if fused is None else fused
+    if fused and N > FUSED_MAX_N:
+        raise ValueError(f"fused: the one-pass backward needs N <= FUSED_MAX_N = {FUSED_MAX_N}, got N = {N}")
     dq = torch.empty((B, H, N, D), dtype=q.dtype, device=q.device)
     dk = torch.empty_like(dq)
     dv = torch.empty_like(dq)

@@ -75,20 +75,21 @@ if [ "$MODE" != bench ]; then
   say "== CREMA_GPU_LANE=1 python -m pytest -m gpu"
   XDIST=()
   "$PY" -c 'import xdist' 2>/dev/null && XDIST=(-n "${GPU_LANE_WORKERS:-8}")
-  CREMA_GPU_LANE=1 "$PY" -m pytest -m gpu "${XDIST[@]}" -q -rfEs --continue-on-collection-errors -p no:cacheprovider -p no:zarr 2>&1 \
+  CREMA_GPU_LANE=1 "$PY" -m pytest -m gpu ${XDIST[@]+"${XDIST[@]}"} -q -rfEs --continue-on-collection-errors -p no:cacheprovider -p no:zarr 2>&1 \
     | tee -a "$LOG"
   TEST_RC=${PIPESTATUS[0]}
   say "== GPU tests: exit $TEST_RC"
 fi
 
-# --- every benchmark -------------------------------------------------------------------------------------
+# --- the benchmarks (-k gpu unless GPU_LANE_BENCH_K says otherwise) ---------------------------------------
 if [ "$MODE" != tests ]; then
   K=()
   [ -n "${GPU_LANE_BENCH_K-gpu}" ] && K=(-k "${GPU_LANE_BENCH_K-gpu}")
-  say "== pytest benchmarks/ --benchmark-only -s ${GPU_LANE_BENCH_ARGS:-} ${K[*]}"
+  # K first: pytest keeps the last -k, so one given in GPU_LANE_BENCH_ARGS still wins
+  say "== pytest benchmarks/ --benchmark-only -s ${K[*]-} ${GPU_LANE_BENCH_ARGS:-}"
   # shellcheck disable=SC2086
   "$PY" -m pytest benchmarks/ --benchmark-only -s -q -rfEs --continue-on-collection-errors -p no:cacheprovider -p no:zarr \
-    ${GPU_LANE_BENCH_ARGS:-} "${K[@]}" 2>&1 | tee -a "$LOG"
+    ${K[@]+"${K[@]}"} ${GPU_LANE_BENCH_ARGS:-} 2>&1 | tee -a "$LOG"
   say "== benchmarks: exit ${PIPESTATUS[0]} (not counted in this script's status)"
 fi
 
