@@ -411,12 +411,12 @@ def _backward(do, q, k, v, o, lse, keep, scale, upcast=None, fused=None):
     dq = torch.empty((B, H, N, D), dtype=q.dtype, device=q.device)
     dk = torch.empty_like(dq)
     dv = torch.empty_like(dq)
-    o = o if o.stride() == dq.stride() else o.contiguous()  # the kernel reads O with dQ's strides
     mask_arg, mask_strides = (keep, keep.stride()) if keep is not None else (q, (0, 0))
     common = dict(HEAD_DIM=D, HAS_MASK=keep is not None, **_flags(q, upcast))
     # The gradients are fresh contiguous tensors: their strides (the stride_g* slots) are dq's for all three.
     strides = (*q.stride(), *k.stride(), *v.stride(), *do.stride(), *dq.stride(), *mask_strides)
     if fused:
+        o = o if o.stride() == dq.stride() else o.contiguous()  # the kernel reads O with dQ's strides
         _attn_bwd_fused[(1, B, H)](q, k, v, mask_arg, do, lse, lse, dk, dv, o, dq, *strides, H, N, _n_key(N),
                                    scale, scale * LOG2E, FUSED=True, **common)
         return dq, dk, dv

@@ -1,16 +1,17 @@
 """Time every attention kernel under a wide set of block sizes, warps and stages at the benchmark's shapes
 (GPU only), to choose the autotuning sets in kernels/_attention_configs.py.
 
-Run: ``python tools/attn_sweep.py [--deep] [--kernels fwd,dkdv,dq] [N ...]`` or ``python tools/attn_sweep.py --overhead`` (default N = 120 384 512 1024 2048 4096; d = 64 and 128; bf16,
-B*H*N*d constant as in benchmarks/bench_attention.py). For each shape it runs the op once (autotuning as
+Run: ``python tools/attn_sweep.py [--deep] [--kernels fwd,dkdv,dq] [N ...]`` (default N = 120 384 512 1024
+2048 4096; d = 64 and 128; bf16, B*H*N*d constant as in benchmarks/bench_attention.py), or
+``python tools/attn_sweep.py --overhead``. For each shape it runs the op once (autotuning as
 usual), captures each kernel's launch, then relaunches that kernel alone under each config with
 ``triton.testing.do_bench`` (median ms). Printed per config: ms and TFLOP/s, counting the kernel's own
 matmuls (forward 2 = 4*B*H*N^2*d FLOPs; dK/dV 4 matmuls = 8*B*H*N^2*d; dQ 3 = 6*B*H*N^2*d), then per shape the
 best config of each kernel, the autotuner's choice, and the backward they give (2.5 x forward FLOPs over
 the sum of the best dK/dV, dQ and delta times). ``--deep`` times fewer block shapes (the best of the wide
 sweep) at more pipeline depths (2-5 stages); ``--overhead`` times the whole op at N = 120 on the host,
-with do_bench and as a CUDA-graph replay, beside SDPA's cuDNN and flash backends. A config that does not fit (shared memory, registers)
-prints its error and is skipped.
+with do_bench and as a CUDA-graph replay, beside SDPA's cuDNN and flash backends. A config that does not
+fit (shared memory, registers) prints its error and is skipped.
 """
 
 from __future__ import annotations
@@ -60,11 +61,18 @@ class Capture:
         return launch
 
 
-def sweep_shape(N, d, deep=False, only=tuple(KERNELS), dtype=torch.bfloat16):
+def _inputs(N, d, dtype):
+    """The benchmark's shape for (N, d): B = 16384 / N, H = 2048 / d. Returns B, H, q, k, v (requiring
+    grad) and dO, random on the GPU."""
     B, H = max(1, 16384 // N), 2048 // d
     g = torch.Generator(device="cuda").manual_seed(0)
     q, k, v, do = (torch.randn(B, H, N, d, generator=g, device="cuda", dtype=dtype) for _ in range(4))
-    q, k, v = (t.requires_grad_() for t in (q, k, v))
+    return B, H, q.requires_grad_(), k.requires_grad_(), v.requires_grad_(), do
+
+
+def sweep_shape(N, d, deep=False, only=tuple(KERNELS), dtype=torch.bfloat16):
+    B, H, q, k, v, do = _inputs(N, d, dtype)
+    print(f"\n== N={N} d={d} B={B} H={H}", flush=True)
     caps = {name: Capture(getattr(A, attr)) for name, (attr, _, _) in KERNELS.items()}
     for name, (attr, _, _) in KERNELS.items():
         setattr(A, attr, caps[name])
@@ -85,7 +93,6 @@ def sweep_shape(N, d, deep=False, only=tuple(KERNELS), dtype=torch.bfloat16):
         print(f"  backward: one pass {bwd_ms:.4f} ms, three kernels {split_ms:.4f} ms", flush=True)
     unit = 2.0 * B * H * N * N * d
     best = {}
-    print(f"\n== N={N} d={d} B={B} H={H}", flush=True)
     delta = torch.empty_like(lse)
     delta_ms = triton.testing.do_bench(lambda: A._attn_bwd_delta[(triton.cdiv(N, 64), B, H)](
         o, do, delta, *o.stride(), *do.stride(), H, N, HEAD_DIM=d, BLOCK_M=64), warmup=5, rep=25)
@@ -128,10 +135,7 @@ def overhead(N=120, d=64, dtype=torch.bfloat16):
     from torch.nn.attention import SDPBackend, sdpa_kernel
     import time
 
-    B, H = max(1, 16384 // N), 2048 // d
-    g = torch.Generator(device="cuda").manual_seed(0)
-    q, k, v, do = (torch.randn(B, H, N, d, generator=g, device="cuda", dtype=dtype) for _ in range(4))
-    q, k, v = (t.requires_grad_() for t in (q, k, v))
+    B, H, q, k, v, do = _inputs(N, d, dtype)
 
     def cudnn(q, k, v):
         with sdpa_kernel(SDPBackend.CUDNN_ATTENTION):
