@@ -10,6 +10,7 @@ ourselves skips zarr's per-chunk overhead (~15% of conversion time, shared/notes
 from __future__ import annotations
 
 import os
+import struct
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
@@ -63,18 +64,68 @@ class ChunkCodec:
 
 
 class ChunkEncoder:
-    """Encodes one int16 chunk (C-contiguous) to bytes exactly as the zarr pipeline above expects."""
+    """Encodes one int16 chunk (C-contiguous) to the bytes the zarr pipeline above decodes.
+
+    ``path`` says how, chosen once here: ``"zstandard"`` bit-shuffles with ``bitshuffle_i16`` and
+    compresses with the ``zstandard`` package's zstd (level 1), then writes Blosc's 24-byte header
+    around the frame; ``"blosc"`` calls numcodecs' Blosc. Why: numcodecs 0.16's bundled Blosc spends
+    ~250 µs on a 12 x 5000 PTB-XL row, zstandard's zstd 1.5.7 ~165 µs for the same ratio, and
+    encoding is most of a conversion's time. The stored chunk is a standard Blosc chunk (zstd, bit-
+    shuffle, one block); any Blosc decodes it. The fast path needs the chunk to be Blosc's single block
+    (``blocksize`` = the chunk's bytes, elements a multiple of 8), and is taken only if a probe chunk
+    it encodes here carries numcodecs' header and decodes back through numcodecs exactly. A chunk zstd
+    cannot shrink enough is handed to numcodecs, which stores it uncompressed as Blosc would."""
 
     def __init__(self, codec: ChunkCodec):
         self._args = (codec.cname.encode(), 1, numcodecs.Blosc.BITSHUFFLE, codec.blocksize)
         self._delta = numcodecs.Delta(dtype="<i2") if codec.name == "delta" else None
+        self.path = "blosc"
+        self._nbytes = codec.blocksize
+        if codec.cname == "zstd" and codec.blocksize > 0 and codec.blocksize % 16 == 0:
+            self._try_zstandard()
+
+    def _try_zstandard(self) -> None:
+        try:
+            import zstandard
+        except ImportError:  # an optional speed-up; the numcodecs path is complete
+            return
+        from zarr_store.bitshuffle import bitshuffle_i16
+
+        self._zstd = zstandard.ZstdCompressor(level=1)
+        self._shuffle = bitshuffle_i16
+        self._tmp = np.empty(self._nbytes // 8, np.uint64)
+        self._shuffled = np.empty(self._nbytes, np.uint8)
+        # A smooth signal with noise: compresses like an ECG, so the probe takes the compressed branch.
+        n = self._nbytes // 2
+        rng = np.random.default_rng(0)
+        probe = (1000 * np.sin(np.arange(n) / 40) + rng.normal(0, 20, n)).astype(np.int16)
+        want = numcodecs.blosc.compress(probe, *self._args)
+        self._head = want[:4]
+        got = self._encode_zstandard(probe)
+        if got is not None and got[:12] == want[:12] and numcodecs.blosc.decompress(got) == probe.tobytes():
+            self.path = "zstandard"
+
+    def _encode_zstandard(self, chunk: np.ndarray) -> bytes | None:
+        """The Blosc chunk, or None where Blosc would not compress it (its frame must fit in nbytes - 8:
+        Blosc gives zstd the chunk's size + 16 overhead - 24 header bytes)."""
+        self._shuffle(chunk.reshape(-1).view(np.uint64), self._tmp, self._shuffled)
+        frame = self._zstd.compress(self._shuffled)
+        n = len(frame)
+        if n > self._nbytes - 8:
+            return None
+        # Header: versions, flags, typesize (as Blosc wrote them), nbytes, blocksize, cbytes; then the
+        # one block's start (20) and the size of its one stream.
+        return self._head + struct.pack("<5i", self._nbytes, self._nbytes, 24 + n, 20, n) + frame
 
     def encode(self, chunk: np.ndarray) -> bytes:
-        """What numcodecs.Blosc(cname, 1, BITSHUFFLE, blocksize).encode(chunk) returns, without its
-        argument checks (~2 µs a chunk): the chunk is int16 and C-contiguous by contract."""
+        """Blosc chunk for ``chunk`` (int16, C-contiguous, by contract; unchecked, ~2 µs a chunk)."""
         assert chunk.dtype == np.int16 and chunk.flags.c_contiguous
         if self._delta is not None:
             chunk = self._delta.encode(chunk)
+        if self.path == "zstandard" and chunk.nbytes == self._nbytes:
+            out = self._encode_zstandard(chunk)
+            if out is not None:
+                return out
         return numcodecs.blosc.compress(chunk, *self._args)
 
 
