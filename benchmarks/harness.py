@@ -78,7 +78,7 @@ def versions() -> dict[str, str]:
     import importlib.metadata as md
 
     out = {"python": platform.python_version()}
-    for name in ("torch", "triton", "numba", "numpy", "scipy", "zarr", "numcodecs", "wfdb"):
+    for name in ("torch", "triton", "numba", "numpy", "scipy", "zarr", "numcodecs", "zstandard", "wfdb"):
         try:
             out[name] = md.version(name)
         except md.PackageNotFoundError:
