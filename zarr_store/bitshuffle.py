@@ -37,8 +37,9 @@ def bitshuffle_i16(words, tmp, out):  # pragma: no cover - compiled
     """words: uint64 (n / 4,), the int16 data viewed as words; tmp: uint64 (n / 4,) scratch;
     out: uint8 (2 n,), the shuffled bytes. ~24 µs for a 12 x 5000 row on one core.
 
-    Two passes, each a loop LLVM vectorises: first, per 8 elements, the 8x8 transposes of their low and
-    high bytes (one uint64 each, in ``tmp``); then those words' bytes scattered to the 16 rows."""
+    Two passes of simple loops: first, per 8 elements, the 8x8 transposes of their low and high bytes
+    (one uint64 each, in ``tmp``); then those words' bytes scattered to the 16 rows. One pass storing
+    each word's 16 bytes straight to their rows measured 3x slower (~72 µs)."""
     m = words.shape[0] // 2  # groups of 8 elements = bytes per row
     lo = tmp[:m]
     hi = tmp[m:]

@@ -85,11 +85,6 @@ def list_checkpoints(run_dir: str | Path) -> list[Path]:
     return [p for _, p in sorted(found)]
 
 
-def latest_checkpoint(run_dir: str | Path) -> Path | None:
-    found = list_checkpoints(run_dir)
-    return found[-1] if found else None
-
-
 def _fsync_dir(d: Path) -> None:
     """Make a rename in ``d`` durable; a no-op where directories cannot be opened (Windows)."""
     try:
