@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tests.test_store.archives import copy_subset, ptbxl_names
+from tests.test_zarr_store.archives import copy_subset, ptbxl_names
 
 
 def read_ptbxl(shared_data: Path, n: int, rate: int = 500) -> np.ndarray:

@@ -12,7 +12,7 @@ precision (plus a small atol), the flash-attention test habit; fp32 (3xTF32 dots
 
 Both lanes: the kernels are compiled for sm_90 (H100) without a GPU, in a subprocess with the interpreter
 off, so that code the interpreter accepts but Triton's compiler rejects fails here, not first on a GPU.
-The model-level switch test (ref vs sdpa vs triton) is test_attention_model.py.
+The model-level switch test (ref vs sdpa vs triton) is tests/test_model/test_attention.py.
 """
 
 from __future__ import annotations

@@ -2,7 +2,8 @@
 
 ``write_archive(root, n=4, ...)`` writes ``n`` good records (``good000`` ...) and one record of each
 requested bad kind (``bad_<kind>``), plus a RECORDS file, and returns an ``Archive`` that says which is
-which. Other test modules (the reader's) import it: keep the API plain.
+which. ``load`` reads a converted store's arrays back and ``assert_same_arrays`` compares two of them.
+Other test modules (the reader's, the loader's) import it: keep the API plain.
 """
 
 from __future__ import annotations
@@ -12,10 +13,19 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+import zarr
 
 LEADS12 = ("I", "II", "III", "AVR", "AVL", "AVF", "V1", "V2", "V3", "V4", "V5", "V6")
 BAD_KINDS = ("unreadable", "truncated", "malformed header", "missing signal file", "all-NaN", "flat",
              "too short", "missing header", "no standard leads")
+# Every array a conversion writes, compared across stores that must be equal.
+ARRAYS = ("signals", "lead_mask", "valid_length", "window_index", "record_id", "source", "orig_rate", "age",
+          "sex", "labels", "strat_fold")
+
+PTBXL_N = 24
+
+DUPLICATE = "duplicate (same ecg_id at another rate)"
+
 
 
 @dataclass
@@ -141,3 +151,16 @@ def ptbxl_names(shared_data: Path, n: int) -> list[str]:
 
 def remove(path: Path) -> None:
     shutil.rmtree(path, ignore_errors=True)
+
+
+def load(store) -> dict[str, np.ndarray]:
+    """Every array in ``ARRAYS`` of a converted store (path or fsspec URL), read whole."""
+    group = zarr.open_group(str(store), mode="r")
+    return {name: group[name][:] for name in ARRAYS}
+
+
+def assert_same_arrays(a, b):
+    for name in ARRAYS:
+        x, y = a[name], b[name]
+        assert x.dtype == y.dtype, name
+        np.testing.assert_array_equal(x, y, err_msg=name)

@@ -18,7 +18,7 @@ import pytest
 import zarr
 from zarr.codecs import BloscCodec, ZstdCodec
 
-from tests.test_store.archives import copy_subset, ptbxl_names
+from tests.test_zarr_store.archives import copy_subset, ptbxl_names
 from zarr_store.errors import BadArgumentError, CorruptChunkError
 from zarr_store.reader import StoreReader
 

@@ -14,7 +14,7 @@ import zarr
 
 from crema_fast.cli import main
 from crema_fast.commands.info import describe, parse_labels
-from tests.test_store.archives import copy_subset, ptbxl_names
+from tests.test_zarr_store.archives import copy_subset, ptbxl_names
 from zarr_store.convert import convert
 from zarr_store.errors import BadArgumentError
 

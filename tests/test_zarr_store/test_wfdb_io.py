@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import wfdb
 
-from tests.test_store.archives import ecg_like, write_record
+from tests.test_zarr_store.archives import ecg_like, write_record
 from zarr_store import wfdb_io
 from zarr_store.errors import RecordError
 

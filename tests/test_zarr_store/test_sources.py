@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import math
 
-from tests.test_store.archives import write_archive
+from tests.test_zarr_store.archives import write_archive
 from zarr_store import sources
 
 
