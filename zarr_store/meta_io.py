@@ -23,7 +23,7 @@ from zarr_store.shard_writer import ChunkCodec, StoreIO, meta_array_files
 META_ARRAYS = {
     "valid_length": ("int32", 0), "window_index": ("int32", 0), "record_id": (str, ""),
     "source": (str, ""), "orig_rate": ("float32", 0.0), "age": ("float32", math.nan),
-    "sex": ("int8", -1), "labels": (str, ""), "strat_fold": ("int8", 0),
+    "sex": ("int8", -1), "labels": (str, ""), "strat_fold": ("int8", 0), "patient_id": (str, ""),
 }
 # Metadata arrays: small chunks (an append re-encodes only its tail; zarr pads the last chunk, and
 # padding 65,536 strings cost ~10 ms per array) inside large shards (few files per million rows).
@@ -111,6 +111,7 @@ def write_metadata(io: StoreIO, plan: list, first_rows: np.ndarray, sources: lis
         "sex": np.array([p.sex for p in plan], dtype=np.int8)[rec_of_row],
         "labels": np.array([p.labels for p in plan], dtype=object)[rec_of_row],
         "strat_fold": np.array([p.strat_fold for p in plan], dtype=np.int8)[rec_of_row],
+        "patient_id": np.array([p.patient_id for p in plan], dtype=object)[rec_of_row],
     }
     cols["lead_mask"] = np.array([[i >= 0 for i in p.lead_idx] for p in plan], dtype=bool).reshape(-1, 12)[rec_of_row]
     cols = {k: v.astype(str) if v.dtype == object else v for k, v in cols.items()}
@@ -119,6 +120,12 @@ def write_metadata(io: StoreIO, plan: list, first_rows: np.ndarray, sources: lis
     # bytes zarr writes), zarr.json last. An existing one (append, re-run) is resized through zarr.
     # Both idempotent.
     exists = {name: io.exists(f"{name}/zarr.json") for name in cols}
+    if start > 0 and not exists["patient_id"]:
+        # Appending to a store converted before patient ids were kept: its earlier rows' ids are
+        # unknown, and a column mixing known ids with unknown ones would pass for a complete one (a
+        # patient-disjoint split would silently mix patients). The store stays without the column, and
+        # StoreReader.patient_ids says to re-convert.
+        del cols["patient_id"], exists["patient_id"]
     if start == 0:
         for name, values in list(cols.items()):
             if not exists[name]:

@@ -115,7 +115,7 @@ class Plan:
         loc = self.located[(r.source, r.record_id)]
         row = loc.ptbxl_row()
         if row is not None:  # PTB-XL's table wins over header comments
-            r = r.with_meta(row.age, row.sex, row.labels, row.strat_fold)
+            r = r.with_meta(row.age, row.sex, row.labels, row.strat_fold, row.patient_id)
         self.records.append(r)
         self.sources.append(loc.source)
         self.record_ids.append(loc.record_id)

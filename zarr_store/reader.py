@@ -34,7 +34,7 @@ import numcodecs.blosc
 import numpy as np
 
 from zarr_store._read_layout import EMPTY, ShardLayout, parse_shard_layout
-from zarr_store.errors import BadArgumentError, CorruptChunkError
+from zarr_store.errors import BadArgumentError, CorruptChunkError, MissingColumnError
 from zarr_store.paths import is_url
 
 SIGNALS = "signals"
@@ -417,6 +417,17 @@ class StoreReader:
                 col = col.astype(object)
             self._columns[name] = col
         return col
+
+    def patient_ids(self) -> np.ndarray:
+        """object (N,) of ``str``: each row's patient id, "" where its source names none (the windows of
+        one record share it). PTB-XL's ``patient_id`` as an integer string (``"15709"``); other sources
+        a header comment's (``# Patient ID: ...``, zarr_store.sources) or "".
+
+        Raises MissingColumnError (a StoreError) for a store converted before patient ids were kept."""
+        if not self.has_column("patient_id"):
+            raise MissingColumnError(f"store {self.store!r} predates patient_id (converted before patient ids "
+                                     f"were kept): re-convert its sources into a new store to get them")
+        return self.column("patient_id")
 
     def has_column(self, name: str) -> bool:
         """Whether the store holds a per-record array ``name``."""

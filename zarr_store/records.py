@@ -49,10 +49,11 @@ class PlannedRecord(NamedTuple):
     sex: int
     labels: str
     strat_fold: int
+    patient_id: str
 
-    def with_meta(self, age: float, sex: int, labels: str, strat_fold: int) -> PlannedRecord:
-        """This record with other metadata (the last four fields)."""
-        return PlannedRecord(*self[:11], age, sex, labels, strat_fold)
+    def with_meta(self, age: float, sex: int, labels: str, strat_fold: int, patient_id: str) -> PlannedRecord:
+        """This record with other metadata (the last five fields)."""
+        return PlannedRecord(*self[:11], age, sex, labels, strat_fold, patient_id)
 
 
 @dataclass(frozen=True)
@@ -176,7 +177,8 @@ def _inspect(source, path, record_id, rate, window, min_seconds, buffer) -> tupl
     if n_windows == 0:
         return None, BadRecord(source, record_id, "too short", f"{n / fs:.3f} s < {min_seconds} s")
     planned = PlannedRecord(source, record_id, path, float(fs), int(n), int(n_out), int(n_windows), lead_idx,
-                            dropped, inverted, use_wfdb, meta.age, meta.sex, meta.labels, meta.strat_fold)
+                            dropped, inverted, use_wfdb, meta.age, meta.sex, meta.labels, meta.strat_fold,
+                            meta.patient_id)
     return (cached if buffer is not None else None), planned
 
 

@@ -40,15 +40,19 @@ PTBXL_CSV = "ptbxl_database.csv"
 @dataclass
 class RecordMeta:
     """Per-record metadata: age in years (NaN unknown), sex (-1 unknown, 0 male, 1 female), labels
-    ("" unknown), strat_fold (0 unknown)."""
+    ("" unknown), strat_fold (0 unknown), patient_id ("" unknown: kept so that splits without folds can
+    be patient-disjoint)."""
 
     age: float = math.nan
     sex: int = -1
     labels: str = ""
     strat_fold: int = 0
+    patient_id: str = ""
 
 
-_KV_RE = re.compile(r"^([A-Za-z][A-Za-z ]*?)\s*:\s*(.*)$")
+_KV_RE = re.compile(r"^([A-Za-z][A-Za-z _]*?)\s*:\s*(.*)$")
+# Header comment keys that name the patient (lower case, "_" read as " "); CinC 2021's headers have none.
+_PATIENT_KEYS = ("patient", "patient id", "patientid", "subject", "subject id")
 _MITDB_RE = re.compile(r"^(\d+)\s+([MFmf])\b")
 
 
@@ -65,9 +69,23 @@ def _age(text: str) -> float:
     return v if math.isfinite(v) and v >= 0 else math.nan
 
 
+def _patient_id(text: str | None) -> str:
+    """A patient id as stored: stripped, "" unknown; a whole number written as a float (PTB-XL's
+    ``15709.0``) as the integer (``15709``), so that ids read the same whichever table wrote them."""
+    t = (text or "").strip()
+    try:
+        v = float(t)
+    except ValueError:
+        return t
+    if not math.isfinite(v):
+        return ""
+    return str(int(v)) if v == int(v) else t
+
+
 def comment_meta(comments: tuple[str, ...] | list[str]) -> RecordMeta:
     """Metadata from header comments: CinC ``#Age: 85`` / ``#Sex: Male`` / ``#Dx: a,b``, PTB's
-    ``# age: 81`` / ``# sex: female``, and MIT-BIH's leading ``# 69 M ...``."""
+    ``# age: 81`` / ``# sex: female``, MIT-BIH's leading ``# 69 M ...``, and a patient id where a
+    header names one (``# Patient ID: 17``, ``# subject_id: ...``; see _PATIENT_KEYS)."""
     meta = RecordMeta()
     for c in comments:
         m = _KV_RE.match(c)
@@ -79,6 +97,8 @@ def comment_meta(comments: tuple[str, ...] | list[str]) -> RecordMeta:
                 meta.sex = _sex(value)
             elif key == "dx":
                 meta.labels = ",".join(p.strip() for p in value.split(",") if p.strip())
+            elif key.replace("_", " ") in _PATIENT_KEYS:
+                meta.patient_id = _patient_id(value)
         elif math.isnan(meta.age) and meta.sex < 0:
             m = _MITDB_RE.match(c)
             if m:
@@ -93,6 +113,7 @@ class PtbxlRow(NamedTuple):
     strat_fold: int
     age: float
     sex: int
+    patient_id: str
 
 
 @dataclass
@@ -158,14 +179,15 @@ def _parse_ptbxl(text: str, root: str) -> PtbxlTable:
     # csv.reader and column positions, not DictReader: a dict per row of 28 columns costs 2x.
     rows = csv.reader(io.StringIO(text, newline=""))
     columns = {name: i for i, name in enumerate(next(rows, []))}  # a repeated name: the last one, as DictReader
-    get = [columns.get(k) for k in ("scp_codes", "strat_fold", "age", "sex", "filename_hr", "filename_lr")]
+    get = [columns.get(k) for k in ("scp_codes", "strat_fold", "age", "sex", "patient_id", "filename_hr",
+                                    "filename_lr")]
     for row in rows:
         if not row:
             continue  # DictReader skips empty lines too
-        codes, fold, age, sex, hr, lr = [row[i] if i is not None and i < len(row) else "" for i in get]
+        codes, fold, age, sex, patient, hr, lr = [row[i] if i is not None and i < len(row) else "" for i in get]
         fold = fold or "0"
         entry = PtbxlRow(codes.strip(), int(float(fold)) if fold.strip() else 0, _age(age or "nan"),
-                         _ptbxl_sex(sex))
+                         _ptbxl_sex(sex), _patient_id(patient))
         hr, lr = hr.strip(), lr.strip()
         for name in (hr, lr):
             if name:

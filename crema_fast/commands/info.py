@@ -1,5 +1,5 @@
 """``crema-fast info STORE``: what a store holds — counts, sources, rate, window, lead coverage, labels,
-size on disk, compression ratio and the conversion's quarantine report.
+patients, size on disk, compression ratio and the conversion's quarantine report.
 
 ``describe(store) -> dict`` gathers the facts (tests and tools use it); ``run`` prints them. Labels
 are counted once per record (its first window): PTB-XL's ``scp_codes`` are dict literals whose keys
@@ -141,6 +141,10 @@ def describe(store, *, top: int = 15) -> dict:
         facts["labelled_records"] = sum(c for text, c in texts.items() if str(text).strip())
         facts["labels"] = dict(counter.most_common(top))
         facts["distinct_labels"] = len(counter)
+    # None: a store converted before patient ids were kept (info still describes it).
+    facts["patients"] = len(set(reader.patient_ids().tolist()) - {""}) if reader.has_column("patient_id") else None
+    if facts["patients"] is not None:
+        facts["rows_without_patient"] = int((reader.patient_ids() == "").sum())
     total, signals = _sizes(reader)
     raw = n * int(np.prod(reader.shape[1:])) * reader.dtype.itemsize
     facts.update(bytes_on_disk=total, signal_bytes=signals, raw_signal_bytes=raw,
@@ -172,6 +176,11 @@ def format_facts(f: dict) -> str:
     if "labels" in f:
         lines.append(f"labels      {f['labelled_records']:,} labelled records, {f['distinct_labels']} distinct; top: "
                      + ", ".join(f"{k} {v:,}" for k, v in f["labels"].items()))
+    if f["patients"] is None:
+        lines.append("patients    patient ids: not stored (converted before they were kept; re-convert to get them)")
+    else:
+        lines.append(f"patients    {f['patients']:,} distinct patient ids"
+                     + (f"; {f['rows_without_patient']:,} rows without one" if f["rows_without_patient"] else ""))
     if "strat_folds" in f:
         lines.append("folds       " + ", ".join(f"{k}: {v:,}" for k, v in f["strat_folds"].items())
                      + "  (strat_fold per record, 0 = unknown)")

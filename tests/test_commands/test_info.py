@@ -62,6 +62,7 @@ def test_describe_converted_ptbxl(converted, shared_data):
     want = Counter(code for codes in db.scp_codes for code in ast.literal_eval(codes))
     assert f["labels"] == dict(want) and f["distinct_labels"] == len(want) and f["labelled_records"] == n
     assert f["strat_folds"] == {str(k): int(v) for k, v in sorted(Counter(db.strat_fold).items())}
+    assert f["patients"] == db.patient_id.nunique() and f["rows_without_patient"] == 0
     # Size: the files on disk; ratio: raw int16 over the stored signal bytes.
     files = [p for p in Path(store).rglob("*") if p.is_file()]
     signal_bytes = sum(p.stat().st_size for p in Path(store, "signals").rglob("*") if p.is_file())
@@ -83,6 +84,22 @@ def test_cli_output(converted, capsys):
     assert "I 100%" in out and "V6 100%" in out
     assert f"quarantine  1 skipped record(s) ({reason}: 1)" in out
     assert "compression" in out and "NORM" in out
+    patients = describe(store)["patients"]
+    assert f"patients    {patients} distinct patient ids\n" in out
+
+
+def test_store_that_predates_patient_ids(converted, tmp_path, capsys):
+    """A store converted before patient ids were kept: info describes it and says they are not stored."""
+    import shutil
+
+    store, _, ids = converted
+    old = tmp_path / "old.zarr"
+    shutil.copytree(store, old)
+    shutil.rmtree(old / "patient_id")
+    f = describe(old)
+    assert f["patients"] is None and f["rows"] == len(ids)
+    assert main(["info", str(old)]) == 0
+    assert "patients    patient ids: not stored" in capsys.readouterr().out
 
 
 def test_not_a_store(tmp_path, capsys):
@@ -118,6 +135,7 @@ def test_multi_window_cinc_labels_and_missing_leads(tmp_path):
     assert f["labels"] == {"59118001": 2, "164889003": 1} and f["labelled_records"] == 2
     assert f["lead_coverage"]["I"] == 1.0 and f["lead_coverage"]["II"] == 0.8 and f["lead_coverage"]["V1"] == 0.0
     assert f["quarantine"] is None and f["compression_ratio"] > 1
+    assert f["patients"] is None  # made by hand without a patient_id array
 
 
 def test_memory_store():

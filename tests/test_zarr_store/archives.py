@@ -20,7 +20,7 @@ BAD_KINDS = ("unreadable", "truncated", "malformed header", "missing signal file
              "too short", "missing header", "no standard leads")
 # Every array a conversion writes, compared across stores that must be equal.
 ARRAYS = ("signals", "lead_mask", "valid_length", "window_index", "record_id", "source", "orig_rate", "age",
-          "sex", "labels", "strat_fold")
+          "sex", "labels", "strat_fold", "patient_id")
 
 PTBXL_N = 24
 

@@ -6,6 +6,7 @@ test_tasks.py, runners in test_runner.py, the files written directly in test_met
 from __future__ import annotations
 
 import json
+import shutil
 import uuid
 from pathlib import Path
 
@@ -15,9 +16,11 @@ import wfdb
 import zarr
 from scipy.signal import resample_poly
 
-from tests.test_zarr_store.archives import ARRAYS, BAD_KINDS, DUPLICATE, PTBXL_N, assert_same_arrays, load, write_archive
+from tests.test_zarr_store.archives import (ARRAYS, BAD_KINDS, DUPLICATE, PTBXL_N, assert_same_arrays, load,
+                                            write_archive)
 from zarr_store.convert import convert
-from zarr_store.errors import BadArgumentError
+from zarr_store.errors import BadArgumentError, MissingColumnError
+from zarr_store.reader import StoreReader
 
 
 def test_ptbxl_values_equal_rdsamp(ptbxl_store, shared_data):
@@ -56,7 +59,11 @@ def test_ptbxl_labels_folds_age_sex(ptbxl_store, shared_data):
         assert a["labels"][row] == ref["scp_codes"]  # the dict literal, as PTB-XL writes it
         assert a["strat_fold"][row] == ref["strat_fold"]
         assert a["age"][row] == ref["age"] and a["sex"][row] == ref["sex"]
+        assert a["patient_id"][row] == str(int(ref["patient_id"]))  # the csv's 15709.0 stored as "15709"
     assert set(a["source"]) == {"ptbxl"}
+    got = StoreReader(store).patient_ids()
+    assert got.dtype == object and list(got) == list(a["patient_id"])
+    assert len(set(got)) == len(set(db.loc[[int(Path(r).name[:5]) for r in a["record_id"]], "patient_id"]))
 
 
 def test_plain_zarr_open_array_reads_the_signals(ptbxl_store, shared_data):
@@ -132,6 +139,7 @@ def test_chapman_mat_with_labels(other_store, shared_data):
     np.testing.assert_array_equal(a["signals"][row], np.rint(ref.T * 1000).astype(np.int16))
     assert a["labels"][row] == "164889003,59118001,164934002"
     assert (a["age"][row], a["sex"][row], a["strat_fold"][row]) == (85.0, 0, 0)
+    assert set(a["patient_id"]) == {""}  # no header of these databases names its patient
 
 
 def test_bad_records_reported_good_ones_converted(tmp_path):
@@ -172,6 +180,22 @@ def test_append_second_archive(tmp_path):
         convert([a.root], store, progress=False, shard_size=4, rate=250)
     with pytest.raises(BadArgumentError, match="codec"):
         convert([a.root], store, progress=False, shard_size=4, codec="lz4")
+
+
+def test_append_to_a_store_without_patient_id_keeps_it_without(tmp_path):
+    """A store converted before patient ids were kept (here: its patient_id array removed) still takes
+    appends, and stays without the column rather than mixing unknown ids with known ones."""
+    a = write_archive(tmp_path / "a", n=3, bad=())
+    b = write_archive(tmp_path / "b", n=2, seed=50, bad=())
+    store = tmp_path / "s.zarr"
+    convert([a.root], store, progress=False, shard_size=4)
+    shutil.rmtree(store / "patient_id")
+    summary = convert([b.root], store, progress=False, shard_size=4)
+    assert summary.rows == 2 and summary.rows_total == 5 and not (store / "patient_id").exists()
+    r = StoreReader(store)
+    assert list(r.column("record_id")) == a.good + b.good
+    with pytest.raises(MissingColumnError, match="predates patient_id"):
+        r.patient_ids()
 
 
 def test_memory_url_input(tmp_path):

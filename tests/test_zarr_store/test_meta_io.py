@@ -27,6 +27,7 @@ def test_direct_metadata_files_equal_zarrs(tmp_path, rows):
         "sex": rng.integers(-1, 2, rows).astype(np.int8),
         "labels": np.array([""] * rows),
         "strat_fold": rng.integers(0, 11, rows).astype(np.int8),
+        "patient_id": np.array([str(i % 7) if i % 3 else "" for i in range(rows)]),
         "lead_mask": rng.random((rows, 12)) < 0.9,
     }
     assert set(cols) == set(META_ARRAYS) | {"lead_mask"}

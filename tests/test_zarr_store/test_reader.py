@@ -311,3 +311,33 @@ def test_store_without_metadata_arrays(tmp_path):
     np.testing.assert_array_equal(batch.valid_length, [30, 30, 30])
     np.testing.assert_array_equal(batch.signals, arr.oindex[[1, 4, 1]])
     assert (r.rate, r.window, r.leads, r.shard_rows) == (0, 30, [], 4)
+
+
+def test_patient_ids_and_a_store_that_predates_them(shared_data, tmp_path):
+    """Real PTB-XL records: patient_ids() are the csv's; the same store without its patient_id array
+    (as converters before it wrote) still opens and reads, and patient_ids() says what to do."""
+    import shutil
+
+    import pandas as pd
+
+    from zarr_store.convert import convert
+    from zarr_store.errors import MissingColumnError, StoreError
+
+    names = ptbxl_names(shared_data, 5)
+    root = copy_subset(shared_data / "ptbxl", tmp_path / "ptbxl", names, ["ptbxl_database.csv"])
+    store = tmp_path / "s.zarr"
+    convert([root], store, progress=False)
+    db = pd.read_csv(shared_data / "ptbxl" / "ptbxl_database.csv", index_col="ecg_id")
+    r = StoreReader(store)
+    ids = [int(Path(n).name[:5]) for n in r.column("record_id")]
+    assert list(r.patient_ids()) == [str(int(p)) for p in db.loc[ids, "patient_id"]]
+    before = r.read([0, 4]).signals
+    shutil.rmtree(store / "patient_id")
+    old = StoreReader(store)
+    assert len(old) == 5 and not old.has_column("patient_id")
+    np.testing.assert_array_equal(old.read([0, 4]).signals, before)
+    with pytest.raises(MissingColumnError) as err:
+        old.patient_ids()
+    assert isinstance(err.value, StoreError)
+    msg = str(err.value)
+    assert "\n" not in msg and repr(str(store)) in msg and "predates patient_id" in msg and "re-convert" in msg

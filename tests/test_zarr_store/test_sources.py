@@ -18,6 +18,23 @@ def test_comment_metadata():
     assert (mit.age, mit.sex) == (69.0, 0)
     unknown = sources.comment_meta(["Age: Unknown", "Sex: ?"])
     assert math.isnan(unknown.age) and unknown.sex == -1
+    assert (cinc.patient_id, ptb.patient_id, mit.patient_id) == ("", "", "")  # none of them names one
+
+
+def test_patient_id_from_header_comments():
+    assert sources.comment_meta(["Age: 50", "Patient ID: 17.0"]).patient_id == "17"
+    assert sources.comment_meta(["subject_id: p1000-a"]).patient_id == "p1000-a"
+    assert sources.comment_meta(["Patient: nan"]).patient_id == ""
+
+
+def test_ptbxl_table_patient_ids_equal_the_csv(shared_data):
+    import pandas as pd
+
+    table = sources.load_ptbxl_table(str(shared_data / "ptbxl"))
+    db = pd.read_csv(shared_data / "ptbxl" / "ptbxl_database.csv", index_col="ecg_id")
+    assert len(db) > 100 and db.patient_id.notna().all()
+    for hr, lr, pid in zip(db.filename_hr, db.filename_lr, db.patient_id):
+        assert table.rows[hr].patient_id == table.rows[lr].patient_id == str(int(pid)), hr
 
 
 def test_discovery_records_file_and_walk(tmp_path, shared_data):
@@ -34,7 +51,7 @@ def test_discovery_records_file_and_walk(tmp_path, shared_data):
 def test_ptbxl_table_found_from_a_subfolder(shared_data):
     table = sources.find_ptbxl_table(shared_data / "ptbxl" / "records500")
     row = table.lookup(shared_data / "ptbxl" / "records500" / "00000" / "00001_hr")
-    assert row == sources.PtbxlRow("{'NORM': 100.0, 'LVOLT': 0.0, 'SR': 0.0}", 3, 56.0, 1)
+    assert row == sources.PtbxlRow("{'NORM': 100.0, 'LVOLT': 0.0, 'SR': 0.0}", 3, 56.0, 1, "15709")
     assert table.lookup(shared_data / "ptbxl" / "records100" / "00000" / "00001_lr") == row
     assert sources.find_ptbxl_table(shared_data / "other") is None
 
