@@ -34,26 +34,30 @@ import torch
 
 from harness import device_name, peak, print_table, record, summarize
 
-from crema_fast.train.cli import resolve_store
+import crema_fast
 from crema_fast.train.config import build_config
 from crema_fast.train.engine import Trainer
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_PTBXL = REPO.parent / "shared" / "data" / "ptbxl" / "records500"
+DEMO_DATA = Path(crema_fast.__file__).resolve().parent / "demo_data"  # the 15 records the package ships
 WARMUP, STEPS = 3, 12
 COLUMNS = ["preset", "attention", "batch", "ecg_per_s", "ecg_per_s_iqr", "step_ms", "data_ms", "fwd_ms", "bwd_ms",
            "opt_ms", "mfu_pct", "x_vs_ref"]
 
 
 def _store() -> tuple[str, int]:
-    """(store, rows) to train on."""
-    if os.environ.get("CREMA_BENCH_STORE"):
-        src = os.environ["CREMA_BENCH_STORE"]
-    else:
-        src = str(SHARED_PTBXL) if SHARED_PTBXL.is_dir() else ""
-    store, _ = resolve_store(src, REPO / "runs")
+    """(store, rows) to train on. A folder of records is converted with zarr_store.convert (benchmarks
+    import no command module); a finished conversion is left as it is, so later runs reuse it."""
+    from zarr_store.convert import convert
     from zarr_store.reader import StoreReader
 
+    src = os.environ.get("CREMA_BENCH_STORE") or str(SHARED_PTBXL if SHARED_PTBXL.is_dir() else DEMO_DATA)
+    if "://" in src or (Path(src) / "zarr.json").is_file():
+        store = src
+    else:
+        store = str(REPO / "runs" / "stores" / f"bench-{Path(src).resolve().name}.zarr")
+        convert([src], store, progress=False)
     return store, len(StoreReader(store))
 
 

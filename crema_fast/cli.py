@@ -20,7 +20,7 @@ from crema_fast.errors import CremaError
 COMMANDS = {
     "convert": ("crema_fast.commands.convert", "convert WFDB archives into a Zarr v3 store"),
     "info": ("crema_fast.commands.info", "describe a store: counts, rate, leads, labels, size"),
-    "pretrain": ("crema_fast.train.cli", "pretrain a SiT with the CR-MAE loss (no arguments: demo run)"),
+    "pretrain": ("crema_fast.commands.pretrain", "pretrain a SiT with the CR-MAE loss (no arguments: demo run)"),
 }
 
 

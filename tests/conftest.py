@@ -39,3 +39,16 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if "gpu" in item.keywords:
             item.add_marker(skip)
+
+
+@pytest.fixture(scope="session")
+def demo_store(tmp_path_factory) -> str:
+    """A store of the 15 shipped PTB-XL demo records (500 Hz, 10 s), converted with zarr_store.convert
+    (the training and command tests share it)."""
+    from crema_fast.commands._data import DEMO_DATA
+    from zarr_store.convert import convert
+
+    out = Path(tmp_path_factory.mktemp("demo")) / "demo.zarr"
+    summary = convert([DEMO_DATA], out, progress=False)
+    assert summary.rows == 15, summary
+    return str(out)

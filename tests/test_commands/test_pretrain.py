@@ -1,4 +1,5 @@
-"""``crema-fast pretrain``: the dry run's parameter counts, a short run's summary, resume, data resolution."""
+"""``crema-fast pretrain`` (crema_fast.commands.pretrain): the dry run's parameter counts, a short run's
+summary, resume, config precedence. What ``--data`` resolves to: test_data.py."""
 
 import json
 import os
@@ -7,8 +8,8 @@ from pathlib import Path
 import pytest
 
 from crema_fast.cli import main
+from crema_fast.commands.pretrain import param_counts
 from crema_fast.train.checkpoint import read_checkpoint
-from crema_fast.train.cli import param_counts, resolve_store
 from crema_fast.train.config import build_config
 from crema_fast.train.engine import build_model
 
@@ -69,18 +70,6 @@ def test_short_run_prints_a_summary_and_resumes(demo_store, tmp_path, capsys, mo
     assert steps == [2, 4, 6]
     assert main(["pretrain", "--resume", str(run), "--no-progress"]) == 2  # nothing left to do: said so
     assert "already at step 6" in capsys.readouterr().err
-
-
-def test_resolve_store_converts_once_and_accepts_stores(tmp_path, demo_store):
-    assert resolve_store(demo_store, tmp_path) == (demo_store, "store")
-    store, how = resolve_store("", tmp_path)  # the shipped demo records
-    assert how == "converted" and Path(store).parent == tmp_path / "stores"
-    assert resolve_store("", tmp_path) == (store, "cached")
-    from zarr_store.reader import StoreReader
-
-    assert len(StoreReader(store)) == 15
-    with pytest.raises(FileNotFoundError):
-        resolve_store(str(tmp_path / "nope"), tmp_path)
 
 
 def test_config_errors_are_one_line(capsys):

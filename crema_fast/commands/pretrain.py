@@ -19,14 +19,12 @@ The default preset is ``demo`` without ``--data`` and ``tiny`` with it. Preceden
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import time
 from pathlib import Path
 
+from crema_fast.commands._data import resolve_store
 from crema_fast.errors import CremaError
-
-DEMO_DATA = Path(__file__).resolve().parents[1] / "demo_data"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -61,45 +59,6 @@ def param_counts(model) -> dict[str, int]:
             counts["encoder"] += p.numel()
     counts["total"] = sum(counts.values())
     return counts
-
-
-def _is_store(path: Path) -> bool:
-    return (path / "zarr.json").is_file()
-
-
-def resolve_store(data: str, out_root: str | Path, *, convert_now: bool = True) -> tuple[str, str]:
-    """(store path or URL, what it is). ``data``: "" (the demo records), a store, or a WFDB folder, which is
-    converted into ``<out_root>/stores/<name>-<hash>.zarr`` unless a finished conversion is there. Local
-    paths come back absolute: checkpoints record the store, and ``--resume`` may run from another folder."""
-    if data and "://" in data:
-        return data, "store"
-    src = DEMO_DATA if not data else Path(data).expanduser()
-    if not src.exists():
-        raise FileNotFoundError(f"--data: no such store or folder: {src}")
-    if _is_store(src):
-        return str(src.resolve()), "store"
-    if not src.is_dir():
-        raise CremaError(f"--data: expected a store or a folder of WFDB records, got the file {src}")
-    name = "demo-ptbxl15" if not data else (src.resolve().name or "data")
-    tag = hashlib.sha1(str(src.resolve()).encode()).hexdigest()[:8]
-    store = Path(out_root).expanduser().resolve() / "stores" / f"{name}-{tag}.zarr"
-    done = store.with_suffix(".done.json")
-    if done.is_file() and _is_store(store):
-        return str(store), "cached"
-    if not convert_now:
-        return str(store), "to convert"
-    from zarr_store.convert import convert
-
-    store.parent.mkdir(parents=True, exist_ok=True)
-    print(f"converting {src} -> {store}")
-    t0 = time.perf_counter()
-    summary = convert([src], store, progress=True)
-    rows = getattr(summary, "rows", None)
-    if not rows:
-        raise CremaError(f"--data: no record of {src} could be converted ({summary})")
-    done.write_text(json.dumps({"source": str(src.resolve()), "rows": rows,
-                                "seconds": time.perf_counter() - t0}, indent=2) + "\n")
-    return str(store), "converted"
 
 
 def _build(args) -> tuple:
