@@ -12,29 +12,39 @@ fallback to another path.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cached_property
 
 import torch
 import torch.nn as nn
 
 from crema_fast.errors import ConfigError
 from crema_fast.model.config import LossConfig, ModelConfig
-from crema_fast.model.loss import cr_mae_loss, normalize_patches
+from crema_fast.model import loss as loss_switch
 from crema_fast.model.sit import SiT, conv_stem_lengths
 
-LOSS_IMPLS = ("ref", "triton")
+LOSS_IMPLS = loss_switch.IMPLS
 DEFAULT_MASK_RATIO = 0.75  # only used by flops_per_ecg when no K is given (the loader's default)
 
 
 @dataclass
 class CremaOutput:
-    """loss, mse, nce: 0-dim fp32. pred (2, B, 12, P, S) and target (B, 12, P, S), in the normalized
-    target space when LossConfig.norm_target (else raw samples)."""
+    """loss, mse, nce: 0-dim fp32. pred (2, B, 12, P, S) in the normalized target space when norm_target
+    (else raw samples); patches (B, 12, P, S) the raw patches. ``target`` (B, 12, P, S) fp32 is computed
+    on first use (plots, tests), never by the loss: the Triton loss normalizes inside its kernel."""
 
     loss: torch.Tensor
     mse: torch.Tensor
     nce: torch.Tensor
     pred: torch.Tensor
-    target: torch.Tensor
+    patches: torch.Tensor
+    norm_target: bool = True
+    eps: float = 1e-6
+
+    @cached_property
+    def target(self) -> torch.Tensor:
+        if self.norm_target:
+            return loss_switch.normalize_patches(self.patches, self.eps)
+        return self.patches.float()
 
 
 class CremaModel(nn.Module):
@@ -48,8 +58,7 @@ class CremaModel(nn.Module):
             raise TypeError(f"CremaModel: loss_cfg expected LossConfig, got {type(loss_cfg).__name__}")
         if loss not in LOSS_IMPLS:
             raise ConfigError(f"CremaModel: loss expected one of {LOSS_IMPLS}, got {loss!r}")
-        if loss == "triton":
-            raise ConfigError("CremaModel: loss='triton': no Triton loss kernel yet (use loss='ref')")
+        loss_switch.check_impl(loss)
         self.model_cfg, self.loss_cfg = model_cfg, loss_cfg
         self.sit = SiT(model_cfg, attention)
         self.attention = self.sit.attention
@@ -71,19 +80,17 @@ class CremaModel(nn.Module):
         ids_restore int64 (2, B, 12, P); lead_mask bool (B, 12) or None (all present)."""
         lead_mask = self._validate(signal, ids_keep, mask, ids_restore, lead_mask)
         patches = self.patchify(signal)
-        if self.loss_cfg.norm_target:
-            target = normalize_patches(patches, self.loss_cfg.eps)
-        else:
-            target = patches.float()
         latent, _ = self.sit.forward_encoder(signal, ids_keep, lead_mask)
         pred = self.sit.forward_decoder(latent, ids_restore, lead_mask)
         z = self.proj(self.sit.pool(latent, lead_mask, n_views=2))  # (2, B, proj_dim)
-        loss, mse, nce = self.forward_loss(pred, target, mask, lead_mask, z)
-        return CremaOutput(loss, mse, nce, pred, target)
+        loss, mse, nce = self.forward_loss(pred, patches, mask, lead_mask, z)
+        return CremaOutput(loss, mse, nce, pred, patches, self.loss_cfg.norm_target, self.loss_cfg.eps)
 
-    def forward_loss(self, pred, target, mask, lead_mask, z):
-        """The CR-MAE loss (loss.py); z (2, B, E) the projections of the two views."""
-        return cr_mae_loss(pred, target, mask, lead_mask, z[0], z[1], self.loss_cfg.lam, self.loss_cfg.tau)
+    def forward_loss(self, pred, patches, mask, lead_mask, z):
+        """The CR-MAE loss (loss.py) on the raw patches (B, 12, P, S); z (2, B, E) the two views' projections."""
+        c = self.loss_cfg
+        return loss_switch.cr_mae_loss(pred, patches, mask, lead_mask, z[0], z[1], c.lam, c.tau, c.eps,
+                                       c.norm_target, impl=self.loss_impl)
 
     @torch.no_grad()
     def encode(self, signal: torch.Tensor, lead_mask: torch.Tensor | None = None) -> torch.Tensor:

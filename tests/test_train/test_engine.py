@@ -149,9 +149,10 @@ def test_reconstruction_undoes_the_per_patch_normalization(monkeypatch, tmp_path
                             ids_restore=ids_restore.long(), lead_mask=torch.ones(2, 12, dtype=torch.bool))
 
     def perfect(signal, ids_keep, mask, ids_restore, lead_mask=None):
-        target = normalize_patches(model.patchify(signal), cfg.loss.eps)
+        patches = model.patchify(signal)
+        target = normalize_patches(patches, cfg.loss.eps)
         zero = torch.zeros(())
-        return CremaOutput(zero, zero, zero, target[None].expand(2, *target.shape), target)
+        return CremaOutput(zero, zero, zero, target[None].expand(2, *target.shape), patches, True, cfg.loss.eps)
 
     monkeypatch.setattr(model, "forward", perfect)
     r = reconstruct(model, batch)
