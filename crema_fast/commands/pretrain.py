@@ -9,7 +9,8 @@ model) trains for a few minutes on a laptop CPU, and a summary says where the ch
     crema-fast pretrain --data my.zarr --preset small     # an existing store
     crema-fast pretrain --set train.steps=500 optim.lr=1e-3 --config run.toml
     crema-fast pretrain --resume runs/demo-20260101-120000 --steps 400   # re-stretches the LR schedule
-    crema-fast pretrain --dry-run --preset base           # the config and parameter counts, then exit
+    crema-fast pretrain --dry-run --preset base           # the config, parameter counts and preset, then exit
+    crema-fast pretrain --print-config                    # every config field: default and meaning
     torchrun --nproc_per_node 8 -m crema_fast.cli pretrain --data store.zarr --preset base
 
 The default preset is ``demo`` without ``--data`` and ``tiny`` with it. Precedence: the preset, then
@@ -43,7 +44,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "processes; the LR schedule keeps its saved length, except that a different "
                              "--steps (or train.steps) re-stretches the cosine from the resumed step to the new "
                              "total: a warm restart, the LR goes back up (a line says so)")
-    parser.add_argument("--dry-run", action="store_true", help="print the config and parameter counts, then exit")
+    parser.add_argument("--dry-run", action="store_true",
+                        help="print the config, parameter counts and the preset used, then exit")
+    parser.add_argument("--print-config", action="store_true",
+                        help="print every config field with its default and meaning (Markdown), then exit")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
@@ -62,7 +66,7 @@ def param_counts(model) -> dict[str, int]:
 
 
 def _build(args) -> tuple:
-    """(config, checkpoint or None, preset name)."""
+    """(config, checkpoint or None, preset name, where the preset came from)."""
     from crema_fast.train.checkpoint import read_checkpoint
     from crema_fast.train.config import RunConfig, build_config
 
@@ -79,16 +83,18 @@ def _build(args) -> tuple:
         ckpt = read_checkpoint(args.resume)
         base = RunConfig.from_dict(ckpt["config"])
         cfg = build_config(base=base, file=args.config, sets=args.sets, overrides={"train": train})
-        return cfg, ckpt, "resume"
+        return cfg, ckpt, "resume", f"the saved config of {args.resume}"
     from crema_fast.train.config import read_config_file
 
     from_file = read_config_file(args.config).get("preset") if args.config else None
     preset = args.preset or from_file or ("tiny" if args.data else "demo")
+    why = ("--preset" if args.preset else f"--config {args.config}" if from_file
+           else "the default with --data" if args.data else "the default without --data")
     cfg = build_config(preset, file=args.config, sets=args.sets, overrides={"train": train})
-    return cfg, None, preset
+    return cfg, None, preset, why
 
 
-def dry_run(cfg) -> int:
+def dry_run(cfg, preset: str, why: str) -> int:
     import torch
 
     from crema_fast.train.engine import build_model
@@ -103,6 +109,7 @@ def dry_run(cfg) -> int:
     flops = model.flops_per_ecg(cfg.mask.n_keep(cfg.model.n_patches))
     print(f"forward GFLOP per ECG (both views): {flops / 1e9:.3f}; micro-batch per rank (1 process): "
           f"{cfg.micro_batch(1)}")
+    print(f"preset: {preset} ({why})")
     return 0
 
 
@@ -141,9 +148,14 @@ def print_summary(summary, metrics: list[dict], started: float, how: str, store:
 
 def run(args) -> int:
     started = time.perf_counter()
-    cfg, ckpt, preset = _build(args)
+    if args.print_config:
+        from crema_fast.train.config_doc import reference
+
+        print(reference(), end="")
+        return 0
+    cfg, ckpt, preset, why = _build(args)
     if args.dry_run:
-        return dry_run(cfg)
+        return dry_run(cfg, preset, why)
     from crema_fast.train.engine import Trainer, check_resume_world, setup_distributed
     from crema_fast.train.plots import read_metrics
 

@@ -1,7 +1,8 @@
 """Configuration of the data path: preprocessing (``DataConfig``) and patch masking (``MaskConfig``).
 
 Both are frozen dataclasses validated at construction; every derived value (number of patches, patches kept
-per lead) is computed here and nowhere else.
+per lead) is computed here and nowhere else. Each field's meaning is the string under it: the config
+reference (``crema-fast pretrain --print-config``, the README) is generated from them.
 """
 
 from __future__ import annotations
@@ -20,26 +21,28 @@ class DataConfig:
     """Online preprocessing, applied per batch in this order (ST-MEM's): resample the store's rate to
     ``model_rate``, zero-phase Butterworth band-pass (``highpass``-``lowpass`` Hz, ``filter_order`` each,
     plus an optional ``notch`` at 50 or 60 Hz) at the model rate, crop ``crop`` samples, z-score.
-
-    model_rate: Hz of the model's input. highpass / lowpass: cut-offs in Hz (None = that side off).
-    filter_order: Butterworth order of each side. notch: None, 50 or 60 (Hz); notch_q: its quality factor.
-    crop: samples at the model rate (2250 = 9 s at 250 Hz). zscore: "record" (one mean and std over the
-    present leads of a record) or "lead" (per lead). precision: the dtype of the IIR filter's state and
-    arithmetic (the signal is stored in float32 either way): "float32" (default: about scipy's own
-    float32 sosfiltfilt error, ~200 float32 ULPs of the signal's peak, under 0.1 µV on PTB-XL, a tenth of
-    the store's 1 µV step) or "float64" (scipy's float64 result to float32 rounding; filtering ~1.7x
-    slower, the whole preprocessing ~1.2x).
     """
 
     model_rate: int = 250
+    """Hz of the model's input; the store's rows are resampled to it (skipped when equal)."""
     highpass: float | None = 0.67
+    """High-pass cut-off in Hz (null = no high-pass)."""
     lowpass: float | None = 40.0
+    """Low-pass cut-off in Hz (null = no low-pass)."""
     filter_order: int = 5
+    """Butterworth order of each side of the band-pass (applied forward and backward: zero phase)."""
     notch: float | None = None
+    """Power-line notch: null (off), 50 or 60 Hz."""
     notch_q: float = 30.0
+    """Quality factor of the notch."""
     crop: int = 2250
+    """Samples per lead at the model rate (2250 = 9 s at 250 Hz); a multiple of mask.patch."""
     zscore: str = "record"
+    """"record": one mean and std over the present leads of a record; "lead": per lead."""
     precision: str = "float32"
+    """The IIR filter's state and arithmetic (the signal is float32 either way): "float32" (about scipy's
+    own float32 sosfiltfilt error, under 0.1 µV on PTB-XL, a tenth of the store's 1 µV step) or
+    "float64" (scipy's float64 result rounded to float32; filtering ~1.7x slower, preprocessing ~1.2x)."""
 
     def __post_init__(self) -> None:
         if not isinstance(self.model_rate, int) or self.model_rate <= 0:
@@ -69,17 +72,17 @@ class DataConfig:
 
 @dataclass(frozen=True)
 class MaskConfig:
-    """Patch masking of each lead's ``crop`` samples cut into patches of ``patch`` samples.
-
-    ratio: fraction of patches removed per lead; K = P - round(ratio * P) are kept (Python's round).
-    mode: "lead" = each lead keeps K patches at independent random positions (default);
-    "time" = the same K positions for all leads of a record; "block" = the removed patches of each lead form
-    one contiguous block of P - K patches at a uniform random start (the K kept ones lie before and after it).
-    """
+    """Patch masking of each lead's ``crop`` samples cut into P patches of ``patch`` samples, of which
+    K = P - round(ratio * P) are kept (Python's round)."""
 
     ratio: float = 0.75
+    """Fraction of each lead's patches removed."""
     patch: int = 75
+    """Samples per patch at the model rate (the model's patch follows it)."""
     mode: str = "lead"
+    """"lead": each lead keeps K patches at independent random positions; "time": the same K positions
+    for all leads of a record; "block": each lead's removed patches form one contiguous block at a
+    uniform random start."""
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.ratio < 1.0:

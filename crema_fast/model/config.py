@@ -15,7 +15,8 @@ small    12 x 384 x 6 (d 64)    4 x 256 x 8 (d 32)    ViT-S sized encoder
 base     12 x 768 x 12 (d 64)   4 x 256 x 8 (d 32)    ViT-B sized encoder (the CREMA scale)
 =======  =====================  ====================  ========================================
 
-Head dims are kept in {32, 64, 128}, the ones the Triton attention kernel supports.
+Head dims are kept in {32, 64, 128}, the ones the Triton attention kernel supports. Each field's meaning
+is the string under it: the config reference (``crema-fast pretrain --print-config``) is generated from them.
 """
 
 from __future__ import annotations
@@ -31,37 +32,43 @@ POOLS = ("mean",)
 
 @dataclass(frozen=True)
 class ModelConfig:
-    """Shapes of the Signal Transformer (SiT) and its heads.
-
-    patch: samples per patch (S); n_patches: patches per lead (P), so a lead is P*S samples
-    (default 30 x 75 = 2250 = 9 s at 250 Hz); n_leads: 12.
-    dim/depth/heads: encoder width, layers, heads; dec_*: the same for the light decoder.
-    mlp_ratio: hidden width of each block's MLP as a multiple of the block's width.
-    proj_dim: output of the projection head used by the contrastive term (its hidden width is ``dim``).
-    stem: "linear" (one Linear over a patch's S samples) or "conv" (a small per-patch 1-D conv stem:
-    two stride-3 convolutions with ``stem_channels`` channels, then a Linear; per patch, so no sample of
-    a removed patch can leak into a visible one).
-    pool: how ``encode`` and the contrastive term pool tokens: "mean" over the patch tokens (not the
-    separators) of present leads.
-    norm_eps: LayerNorm epsilon. qkv_bias: bias on the attention's q/k/v projection.
-    """
+    """Shapes of the Signal Transformer (SiT) and its heads: a lead is P patches of S samples (default
+    30 x 75 = 2250 = 9 s at 250 Hz)."""
 
     patch: int = 75
+    """Samples per patch (S); follows mask.patch unless set."""
     n_leads: int = 12
+    """Leads per ECG (the store's 12, in its order)."""
     n_patches: int = 30
+    """Patches per lead (P); follows data.crop // mask.patch unless set."""
     dim: int = 64
+    """Encoder width."""
     depth: int = 2
+    """Encoder layers."""
     heads: int = 2
+    """Encoder attention heads (head dim = dim / heads, kept in {32, 64, 128})."""
     dec_dim: int = 32
+    """Decoder width."""
     dec_depth: int = 1
+    """Decoder layers."""
     dec_heads: int = 1
+    """Decoder attention heads."""
     mlp_ratio: float = 4.0
+    """Hidden width of each block's MLP as a multiple of the block's width."""
     proj_dim: int = 64
+    """Output width of the projection head of the contrastive term (its hidden width is dim)."""
     stem: str = "linear"
+    """Patch embedding: "linear" (one Linear over a patch's S samples) or "conv" (two stride-3 1-D
+    convolutions then a Linear, per patch, so no sample of a removed patch leaks into a visible one)."""
     stem_channels: int = 16
+    """Channels of the "conv" stem."""
     pool: str = "mean"
+    """How embeddings and the contrastive term pool tokens: "mean" over the patch tokens (not the
+    separators) of present leads."""
     norm_eps: float = 1e-6
+    """LayerNorm epsilon."""
     qkv_bias: bool = True
+    """Bias on the attention's q/k/v projection."""
 
     def __post_init__(self) -> None:
         for name in ("patch", "n_leads", "n_patches", "dim", "heads", "dec_dim", "dec_heads",
@@ -140,15 +147,18 @@ class LossConfig:
     lam = 0.1 keeps the contrastive term a regulariser of the same order as the MSE, not the driver.
     tau = 0.2: the temperature MoCo v3 found stable for ViT encoders; 0.1 (SimCLR's large-batch value)
     gives sharper but noisier gradients at the small per-GPU batches this runs with.
-    norm_target: reconstruct each patch normalized by its own mean and (population) variance over its
-    S samples, eps = 1e-6 (MAE's ``norm_pix_loss``); False reconstructs the raw patch.
     Both lam and tau are our choices, not values read from the CREMA paper: change them here.
     """
 
     lam: float = 0.1
+    """Weight of the NT-Xent term (0 = a plain MAE)."""
     tau: float = 0.2
+    """NT-Xent temperature."""
     norm_target: bool = True
+    """Reconstruct each patch normalized by its own mean and (population) variance over its S samples
+    (MAE's norm_pix_loss); false reconstructs the raw patch."""
     eps: float = 1e-6
+    """Added to the variance of the per-patch normalization."""
 
     def __post_init__(self) -> None:
         if not (isinstance(self.lam, (int, float)) and self.lam >= 0):

@@ -8,7 +8,8 @@
 in this order of precedence (later wins): the preset, the config file's sections, ``overrides`` (the
 CLI's ``--steps``/``--attention``/``--data``), the ``--set`` items. Derived values (the micro-batch per rank, the model's patch layout) are computed here and
 nowhere else. ``cfg.to_dict()`` / ``RunConfig.from_dict(d)`` round-trip through JSON; the dict is what
-checkpoints and the run folder's ``config.json`` hold.
+checkpoints and the run folder's ``config.json`` hold. Each field's meaning is the string under it;
+``config_doc.reference()`` turns them into the config reference (``crema-fast pretrain --print-config``).
 
 Presets (all use the tiny/small/base model presets of ``crema_fast.model.config``):
 
@@ -63,9 +64,8 @@ def _is_int(v: Any) -> bool:
 @dataclass(frozen=True)
 class OptimConfig:
     """AdamW with a linear warmup to ``lr`` over ``warmup_steps``, then a cosine decay to ``min_lr`` at the
-    last step. ``grad_clip``: max global L2 norm of the gradients (0 = no clipping). ``grad_accum``:
-    micro-batches per optimizer step. Weight decay applies to matrices only (not to biases, norms,
-    embeddings of one row per token kind), as in nanoGPT/MAE.
+    last step. Weight decay applies to matrices only (not to biases, norms, embeddings of one row per
+    token kind), as in nanoGPT/MAE.
 
     The loss is computed per forward pass, so with ``grad_accum`` > 1 (and over ranks) two things differ
     from one big batch (crema_fast/model/loss.py): the masked MSE is averaged per rank and per
@@ -74,13 +74,21 @@ class OptimConfig:
     ranks), not of the whole step. Accumulation saves memory but makes the contrastive task easier."""
 
     lr: float = 1e-3
+    """Peak learning rate, reached at the end of the warmup."""
     betas: tuple[float, float] = (0.9, 0.95)
+    """AdamW's betas."""
     weight_decay: float = 0.05
+    """AdamW's decoupled weight decay, on matrices only."""
     eps: float = 1e-8
+    """AdamW's epsilon."""
     warmup_steps: int = 100
+    """Steps of the linear warmup from lr / warmup_steps to lr."""
     min_lr: float = 1e-5
+    """Learning rate at the last step, where the cosine ends."""
     grad_clip: float = 1.0
+    """Max global L2 norm of the gradients (0 = no clipping)."""
     grad_accum: int = 1
+    """Micro-batches per optimizer step (train.batch_size is split over them)."""
 
     def __post_init__(self) -> None:
         _check(self.lr > 0, "optim.lr", "> 0", self.lr)
@@ -108,30 +116,39 @@ class OptimConfig:
 
 @dataclass(frozen=True)
 class TrainConfig:
-    """The loop. ``steps``: optimizer steps; ``batch_size``: global ECGs per optimizer step (split over
-    ranks and accumulation steps, see ``RunConfig.micro_batch``). ``log_every``: steps between host
-    syncs (metrics, progress bar, non-finite check); ``ckpt_every``: steps between checkpoints (and one
-    at the end); ``keep_last``: checkpoints kept. ``amp``: "auto" (bf16 autocast on CUDA, fp32 on CPU),
-    "bf16" or "fp32". ``compile``: torch.compile the model. ``attention``/``loss``: the model's
-    implementation switches. ``data``: a store path/URL or a folder of WFDB records ("" = the shipped
-    demo records). ``out``: folder under which run folders and converted stores go. ``workers``:
-    DataLoader worker processes per rank. ``order``: the loader's sampling order."""
+    """The loop: steps, batches, precision, implementation switches, data, checkpoints and logging."""
 
     steps: int = 2000
+    """Optimizer steps of the whole run (the cosine schedule's length)."""
     batch_size: int = 32
+    """Global ECGs per optimizer step, split over ranks and optim.grad_accum (RunConfig.micro_batch)."""
     log_every: int = 10
+    """Steps between host syncs: metrics, progress bar, the non-finite check."""
     ckpt_every: int = 500
+    """Steps between checkpoints (and one at the end)."""
     keep_last: int = 3
+    """Checkpoints kept in the run folder."""
     amp: str = "auto"
+    """"auto" (bf16 autocast on CUDA, fp32 on the CPU), "bf16" or "fp32"."""
     compile: bool = False
+    """torch.compile the model."""
     seed: int = 0
+    """Seed of the weights, the masks and the sampling order."""
     workers: int = 0
+    """DataLoader worker processes per rank (0 = load in the training process)."""
     attention: str = "sdpa"
+    """Attention implementation: "ref" (plain PyTorch), "sdpa" or "triton"."""
     loss: str = "ref"
+    """CR-MAE loss implementation: "ref" or "triton"."""
     data: str = ""
+    """A store (path or URL) or a folder of WFDB records, converted once ("" = the shipped demo records)."""
     out: str = "runs"
+    """Folder under which run folders and converted stores go."""
     order: str = "random"
+    """The loader's epoch order: "random" (a permutation of all rows) or "shard" (the shards in a random
+    order, rows shuffled within buffers of a few shards: fewer, larger reads on object storage)."""
     plots: bool = True
+    """Write loss and reconstruction plots into the run folder."""
 
     def __post_init__(self) -> None:
         for name in ("steps", "batch_size", "log_every", "ckpt_every", "keep_last"):

@@ -1,5 +1,6 @@
 """``crema-fast pretrain`` (crema_fast.commands.pretrain): the dry run's parameter counts, a short run's
-summary, resume, config precedence. What ``--data`` resolves to: test_data.py."""
+summary, resume, config precedence, the preset named by --dry-run, --print-config. What ``--data``
+resolves to: test_data.py."""
 
 import json
 import os
@@ -100,3 +101,27 @@ def test_config_file_and_flags_precedence(tmp_path, capsys):
     cfg = json.loads(out[: out.index("parameters:")])
     assert cfg["model"]["dim"] == 384 and cfg["train"]["steps"] == 7 and cfg["train"]["batch_size"] == 32
     assert cfg["train"]["data"] == str(tmp_path)
+
+
+@pytest.mark.parametrize("argv,named", [([], "demo (the default without --data)"),
+                                        (["--preset", "small"], "small (--preset)"),
+                                        (["--data", "some/folder"], "tiny (the default with --data)")])
+def test_dry_run_names_its_preset(argv, named, capsys):
+    assert main(["pretrain", "--dry-run", *argv]) == 0
+    assert capsys.readouterr().out.splitlines()[-1] == f"preset: {named}"
+
+
+def test_dry_run_names_the_config_files_preset(tmp_path, capsys):
+    f = tmp_path / "run.toml"
+    f.write_text('preset = "base"\n')
+    assert main(["pretrain", "--dry-run", "--config", str(f)]) == 0
+    assert capsys.readouterr().out.splitlines()[-1] == f"preset: base (--config {f})"
+
+
+def test_print_config_prints_the_reference(capsys):
+    from crema_fast.train.config_doc import reference
+
+    assert main(["pretrain", "--print-config"]) == 0
+    out = capsys.readouterr().out
+    assert out == reference()
+    assert "| `loss.tau` | `0.2` | NT-Xent temperature. |" in out
