@@ -11,7 +11,7 @@
 #   tools/gpu_lane.sh tests      # only the GPU tests
 #   tools/gpu_lane.sh bench      # only the benchmarks
 # Extra pytest arguments for the benchmark run go in GPU_LANE_BENCH_ARGS (split at spaces), a -k expression
-# in GPU_LANE_BENCH_K: by default "gpu", the GPU benchmarks (attention, training step); set it empty for
+# in GPU_LANE_BENCH_K: by default "gpu", the GPU benchmarks (attention, the fused loss, training step); set it empty for
 # every benchmark (the store and data-path ones time this machine's CPU, minutes of device time). The tests
 # run in GPU_LANE_WORKERS (default 8) processes where pytest-xdist is installed: most of their time is
 # Triton compiling each autotuning config (123 tests: 134 s on an H100 machine's 16 cores).

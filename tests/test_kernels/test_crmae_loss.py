@@ -184,6 +184,13 @@ def test_kernel_small_temperature(b, e, dtype):
     assert_matches(got, want, TAU_STRESS_TOL[dtype])
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
+def test_kernel_at_the_limits(dtype):
+    """S = 256, E = 1024, P = 64: the contract's largest patch, embedding and patch count."""
+    inputs = make_inputs(3, 256, 1024, dtype, seed=13, p=64)
+    assert_matches(run(crmae_loss, inputs), run(crmae_loss_ref, inputs), TOL[dtype])
+
+
 @pytest.mark.parametrize("b,s,e", [(2, 25, 16), (7, 75, 64), (33, 130, 257)])
 def test_kernel_bf16(b, s, e):
     inputs = make_inputs(b, s, e, torch.bfloat16, seed=3)
