@@ -21,6 +21,7 @@ COMMANDS = {
     "convert": ("crema_fast.commands.convert", "convert WFDB archives into a Zarr v3 store"),
     "info": ("crema_fast.commands.info", "describe a store: counts, rate, leads, labels, size"),
     "pretrain": ("crema_fast.commands.pretrain", "pretrain a SiT with the CR-MAE loss (no arguments: demo run)"),
+    "finetune": ("crema_fast.commands.finetune", "fine-tune the whole encoder with a linear head on a store's labels"),
 }
 
 

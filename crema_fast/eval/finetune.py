@@ -148,6 +148,15 @@ def pretrained_encoder(path: str | Path) -> Encoder:
     return Encoder(model, data, state, ckpt["path"])
 
 
+def encoder_of_run(ckpt: dict) -> Encoder:
+    """The encoder a fine-tuning checkpoint's run started from, without weights: a resumed run loads
+    its own (fine-tuned) ones from the checkpoint, so the original checkpoint need not exist any more."""
+    config = ckpt.get("config") or {}
+    if "finetune" not in config:
+        raise CremaError(f"{ckpt.get('path', 'checkpoint')}: not a fine-tuning checkpoint (no 'finetune' config)")
+    return Encoder(ModelConfig(**config["model"]), DataConfig(**config["data"]), None, config.get("init", "?"))
+
+
 def scratch_encoder(preset: str = "tiny") -> Encoder:
     """A randomly initialised encoder of a pretraining preset, with that preset's data pipeline."""
     from crema_fast.train.config import build_config

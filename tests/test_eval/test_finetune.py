@@ -122,3 +122,37 @@ def test_targets_shape_error(task, tmp_path):
     reader, tr, ytr, va, yva, classes = task
     with pytest.raises(ValueError, match=r"y_train: expected targets of shape \(24, C\)"):
         Finetuner(CFG, tmp_path, reader, tr, ytr[:5], va, yva, encoder=scratch_encoder("tiny"))
+
+
+def test_finetune_command_end_to_end(ptbxl_store, scp_statements, tmp_path, capsys):
+    """crema-fast finetune on the 500 real records: one epoch from scratch, the report on strat_fold 10;
+    --resume of the finished run reproduces the same test figures; the usage errors are one line."""
+    import json
+
+    from crema_fast.cli import main
+
+    out = tmp_path / "ft"
+    argv = ["finetune", ptbxl_store, "--from-scratch", "--out", str(out), "--epochs", "1", "--batch-size", "64",
+            "--attention", "ref", "--n-boot", "200", "--scp-statements", scp_statements, "--no-progress"]
+    assert main(argv) == 0
+    report = json.loads((out / "report.json").read_text())
+    m = report["metrics"]
+    assert report["label_set"] == "superdiagnostic" and report["split"].startswith("PTB-XL strat_fold")
+    assert report["rows"] == {"train": 352, "val": 72, "test": 64} and m["n"] == 64
+    assert m["classes"] == ["NORM", "MI", "STTC", "CD", "HYP"]
+    assert m["macro_auroc"] == pytest.approx(np.mean(list(m["per_class_auroc"].values())))
+    assert m["macro_auroc_ci"][0] <= m["macro_auroc"] <= m["macro_auroc_ci"][1]
+    assert report["encoder"] == "scratch:tiny" and report["checkpoint"] is None
+    assert report["config"]["layer_decay"] == 1.0 and (out / "report_roc.png").is_file()
+    assert report["finetune"]["epochs_run"] == 1 and report["finetune"]["steps"] == 6  # ceil(352 / 64)
+    assert "macro AUROC" in capsys.readouterr().out
+
+    assert main(["finetune", ptbxl_store, "--out", str(out), "--resume", "--n-boot", "200",
+                 "--scp-statements", scp_statements, "--no-progress"]) == 0
+    again = json.loads((out / "report.json").read_text())
+    assert again["metrics"] == m
+
+    assert main(argv) == 2
+    assert "already holds a fine-tuning run" in capsys.readouterr().err
+    assert main(["finetune", ptbxl_store, "--out", str(tmp_path / "other")]) == 2
+    assert "expected --ckpt CKPT or --from-scratch" in capsys.readouterr().err
