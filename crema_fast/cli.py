@@ -21,7 +21,10 @@ COMMANDS = {
     "convert": ("crema_fast.commands.convert", "convert WFDB archives into a Zarr v3 store"),
     "info": ("crema_fast.commands.info", "describe a store: counts, rate, leads, labels, size"),
     "pretrain": ("crema_fast.commands.pretrain", "pretrain a SiT with the CR-MAE loss (no arguments: demo run)"),
+    "embed": ("crema_fast.commands.embed", "frozen-encoder embeddings of every row of a store (Zarr)"),
+    "probe": ("crema_fast.commands.probe", "linear probe on embeddings: macro AUROC with a bootstrap interval"),
     "finetune": ("crema_fast.commands.finetune", "fine-tune the whole encoder with a linear head on a store's labels"),
+    "evaluate": ("crema_fast.commands.evaluate", "pretrained probe vs random-init probe vs from-scratch (--baselines)"),
 }
 
 

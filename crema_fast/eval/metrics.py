@@ -17,6 +17,23 @@ import numpy as np
 from crema_fast.eval.errors import MetricError
 
 
+def check_classes(y_true, split: str, classes=None) -> list[str]:
+    """The class names of y_true 0/1 (N, C); MetricError naming the first class that has no positives
+    or no negatives in ``split``."""
+    y = np.asarray(y_true)
+    y = y[:, None] if y.ndim == 1 else y
+    names = list(classes) if classes is not None else [str(j) for j in range(y.shape[1])]
+    if len(names) != y.shape[1]:
+        raise MetricError(f"{split}: classes: expected {y.shape[1]} names, got {len(names)}")
+    pos = y.sum(axis=0)
+    for j, name in enumerate(names):
+        if pos[j] == 0 or pos[j] == len(y):
+            what = "no positives" if pos[j] == 0 else "no negatives"
+            raise MetricError(f"class {name!r} has {what} in the {split} split ({len(y)} rows): AUROC is "
+                              f"undefined; drop the class (--min-count) or use a larger split")
+    return names
+
+
 def _check(y_true, scores, split: str, classes) -> tuple[np.ndarray, np.ndarray, list[str]]:
     y = np.asarray(y_true)
     s = np.asarray(scores, dtype=np.float64)
@@ -30,15 +47,7 @@ def _check(y_true, scores, split: str, classes) -> tuple[np.ndarray, np.ndarray,
         raise MetricError(f"{split}: y_true: expected 0/1 values, got {np.unique(y)[:5]}")
     if not np.isfinite(s).all():
         raise MetricError(f"{split}: scores: expected finite values, got {int((~np.isfinite(s)).sum())} non-finite")
-    names = list(classes) if classes is not None else [str(j) for j in range(y.shape[1])]
-    if len(names) != y.shape[1]:
-        raise MetricError(f"{split}: classes: expected {y.shape[1]} names, got {len(names)}")
-    pos = y.sum(axis=0)
-    for j, name in enumerate(names):
-        if pos[j] == 0 or pos[j] == len(y):
-            what = "no positives" if pos[j] == 0 else "no negatives"
-            raise MetricError(f"class {name!r} has {what} in the {split} split ({len(y)} rows): AUROC is "
-                              f"undefined; drop the class (--min-count) or use a larger split")
+    names = check_classes(y, split, classes)
     return y.astype(bool), s, names
 
 
@@ -64,6 +73,24 @@ def auroc(y_true, scores, *, classes=None, split: str = "test") -> np.ndarray:
     y, s, _ = _check(y_true, scores, split, classes)
     one = np.ones((1, len(y)))
     return np.array([_auroc_weighted(y[:, j], s[:, j], one)[0] for j in range(y.shape[1])])
+
+
+def macro_auroc(y_true, scores, *, classes=None, split: str = "test") -> float:
+    """Mean of the per-class AUROCs."""
+    return float(auroc(y_true, scores, classes=classes, split=split).mean())
+
+
+def roc_curve(y_true, scores) -> tuple[np.ndarray, np.ndarray]:
+    """One class's ROC curve: y_true 0/1 (N,), scores (N,) -> (fpr, tpr), each (G + 1,) from (0, 0) over
+    the G distinct thresholds in decreasing order to (1, 1)."""
+    y = np.asarray(y_true).astype(bool)
+    s = np.asarray(scores, dtype=np.float64)
+    order = np.argsort(-s, kind="mergesort")
+    ss, yy = s[order], y[order]
+    last = np.r_[np.flatnonzero(ss[1:] != ss[:-1]), len(ss) - 1]
+    tp = np.cumsum(yy)[last]
+    fp = (last + 1) - tp
+    return np.r_[0.0, fp / max(1, (~y).sum())], np.r_[0.0, tp / max(1, y.sum())]
 
 
 def average_precision(y_true, scores, *, classes=None, split: str = "test") -> np.ndarray:
@@ -136,22 +163,22 @@ def bootstrap_macro_auroc(y_true, scores, *, n_boot: int = 1000, seed: int = 0, 
 
 
 def evaluate(y_true, scores, *, y_val=None, scores_val=None, n_boot: int = 1000, seed: int = 0,
-             classes=None) -> dict:
+             classes=None, split: str = "test") -> dict:
     """All metrics of one split. y_true 0/1 (N, C), scores (N, C) (any monotone score: logits or
     probabilities); y_val/scores_val: the validation split, for F1 thresholds (else F1 is None).
 
     Returns {"n", "classes", "macro_auroc", "macro_auroc_ci" [lo, hi], "n_boot", "boot_rejected",
     "per_class_auroc" {class: v}, "macro_ap", "per_class_ap", "macro_f1", "per_class_f1",
     "thresholds", "positives" {class: n}}."""
-    y, s, names = _check(y_true, scores, "test", classes)
-    per_auc = auroc(y, s, classes=names)
-    per_ap = average_precision(y, s, classes=names)
+    y, s, names = _check(y_true, scores, split, classes)
+    per_auc = auroc(y, s, classes=names, split=split)
+    per_ap = average_precision(y, s, classes=names, split=split)
     out = {"n": int(len(y)), "classes": names, "macro_auroc": float(per_auc.mean()),
            "per_class_auroc": dict(zip(names, map(float, per_auc))),
            "macro_ap": float(per_ap.mean()), "per_class_ap": dict(zip(names, map(float, per_ap))),
            "positives": dict(zip(names, map(int, y.sum(axis=0))))}
     if n_boot:
-        boots, rejected = bootstrap_macro_auroc(y, s, n_boot=n_boot, seed=seed, classes=names)
+        boots, rejected = bootstrap_macro_auroc(y, s, n_boot=n_boot, seed=seed, classes=names, split=split)
         out["macro_auroc_ci"] = [float(np.percentile(boots, 2.5)), float(np.percentile(boots, 97.5))]
         out["n_boot"], out["boot_rejected"], out["boot_seed"] = int(n_boot), rejected, int(seed)
     else:

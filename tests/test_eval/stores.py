@@ -1,0 +1,42 @@
+"""Test stores of real PTB-XL records (../shared/data), for the evaluation and command tests."""
+
+import os
+from pathlib import Path
+
+
+def ptbxl_subset(shared_data: Path, root: Path, n: int) -> Path:
+    """A PTB-XL folder of symlinks to records 1..n with ptbxl_database.csv (no scp_statements.csv)."""
+    folder = root / "ptbxl" / "records500" / "00000"
+    folder.mkdir(parents=True)
+    src = shared_data / "ptbxl" / "records500" / "00000"
+    for i in range(1, n + 1):
+        for ext in ("hea", "dat"):
+            os.symlink(src / f"{i:05d}_hr.{ext}", folder / f"{i:05d}_hr.{ext}")
+    os.symlink(shared_data / "ptbxl" / "ptbxl_database.csv", root / "ptbxl" / "ptbxl_database.csv")
+    return root / "ptbxl"
+
+
+def convert_ptbxl(shared_data: Path, out: Path, n: int | None = None) -> str:
+    """Records 1..n (all 500 when None: the folder itself, whose parent holds scp_statements.csv)."""
+    from zarr_store.convert import convert
+
+    src = shared_data / "ptbxl" / "records500" if n is None else ptbxl_subset(shared_data, out.parent / "src", n)
+    summary = convert([src], out, progress=False)
+    assert summary.rows == (500 if n is None else n), summary
+    return str(out)
+
+
+def save_tiny_checkpoint(run_dir: Path, seed: int, preset: str = "tiny") -> Path:
+    """A checkpoint (crema_fast.train.checkpoint format) of a freshly initialised ``preset`` model built
+    after torch.manual_seed(seed) with sdpa attention, as load_encoder builds its random-init model."""
+    import torch
+
+    from crema_fast.model import CremaModel
+    from crema_fast.train.checkpoint import save_checkpoint
+    from crema_fast.train.config import build_config
+
+    cfg = build_config(preset)
+    torch.manual_seed(seed)
+    model = CremaModel(cfg.model, cfg.loss, attention="sdpa")
+    return save_checkpoint(run_dir, {"step": 2, "model": model.state_dict(), "optimizer": {}, "scheduler": {},
+                                     "config": cfg.to_dict()})
