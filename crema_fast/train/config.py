@@ -49,6 +49,7 @@ from crema_fast.model.config import LossConfig, ModelConfig
 AMP_MODES = ("auto", "bf16", "fp32")
 ATTENTION_IMPLS = ("ref", "sdpa", "triton")
 LOSS_IMPLS = ("ref", "triton")
+COMPILE_MODES = ("default", "reduce-overhead", "max-autotune")
 ORDERS = ("random", "shard")
 
 
@@ -132,6 +133,15 @@ class TrainConfig:
     """"auto" (bf16 autocast on CUDA, fp32 on the CPU), "bf16" or "fp32"."""
     compile: bool = False
     """torch.compile the model."""
+    compile_mode: str = "default"
+    """torch.compile's mode when train.compile: "default", "reduce-overhead" (CUDA graphs: the shapes of a
+    step are static, so each step replays one recorded graph; CUDA only) or "max-autotune"."""
+    act_ckpt: bool = False
+    """Activation checkpointing of the encoder blocks: keep each block's input only and recompute the rest
+    in the backward (less memory for larger batches; about a third more encoder FLOPs)."""
+    prefetch: bool = True
+    """Fetch the next batch while the current step computes, copied to the GPU with non_blocking on a side
+    stream (pinned host memory); checkpoints still resume at the exact batch."""
     seed: int = 0
     """Seed of the weights, the masks and the sampling order."""
     workers: int = 0
@@ -162,6 +172,9 @@ class TrainConfig:
         _check(self.loss in LOSS_IMPLS, "train.loss", f"one of {LOSS_IMPLS}", self.loss)
         _check(self.order in ORDERS, "train.order", f"one of {ORDERS}", self.order)
         _check(isinstance(self.compile, bool), "train.compile", "a bool", self.compile)
+        _check(self.compile_mode in COMPILE_MODES, "train.compile_mode", f"one of {COMPILE_MODES}", self.compile_mode)
+        for name in ("act_ckpt", "prefetch"):
+            _check(isinstance(getattr(self, name), bool), f"train.{name}", "a bool", getattr(self, name))
         _check(isinstance(self.plots, bool), "train.plots", "a bool", self.plots)
 
 

@@ -23,6 +23,7 @@ the cosine schedule from the resumed step to the new total (a warm restart, anno
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import math
 import os
@@ -152,9 +153,12 @@ class Trainer:
         t = cfg.train
         torch.manual_seed(t.seed)  # the same initial weights on every rank (DDP also broadcasts them)
         self.model = build_model(cfg).to(self.device)
+        self.model.sit.checkpoint_blocks = t.act_ckpt
+        # fused: one kernel per step and no host read of the step counts (the single-tensor AdamW calls
+        # .item() on them), on the CPU too, so the CPU lane's no-sync test covers the GPU's code path.
         self.optimizer = torch.optim.AdamW(
             param_groups(self.model, cfg.optim.weight_decay), lr=cfg.optim.lr, betas=cfg.optim.betas,
-            eps=cfg.optim.eps, fused=self.device.type == "cuda")
+            eps=cfg.optim.eps, fused=True)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
             self.optimizer, lambda s: cfg.optim.lr_factor(s, t.steps))
         if loader is None:
@@ -169,6 +173,8 @@ class Trainer:
                              f"(train.batch_size={t.batch_size} over {self.world} process(es)): lower train.batch_size")
         self.loader, self.store = loader, store
         self.step, self.epoch, self._it = 0, 0, None
+        self._ahead = None  # (batch on its way to the device, loader state and epoch before it) or None
+        self._copy_stream = torch.cuda.Stream(self.device) if self.device.type == "cuda" else None
         self.last_checkpoint: str | None = None
         self.last_row: dict = {}
         if resume is not None:
@@ -178,7 +184,7 @@ class Trainer:
             np.random.seed(t.seed + self.rank)
         self.net = self.model
         if t.compile:
-            self.net = torch.compile(self.net)
+            self.net = torch.compile(self.net, mode=t.compile_mode)
         if self.world > 1:
             ids = [self.device.index] if self.device.type == "cuda" else None
             self.net = torch.nn.parallel.DistributedDataParallel(self.net, device_ids=ids)
@@ -230,10 +236,10 @@ class Trainer:
     def state(self) -> dict:
         """The checkpoint dict of this step (collective under DDP: every rank must call it)."""
         return {
-            "step": self.step, "epoch": self.epoch,
+            "step": self.step, "epoch": self.epoch if self._ahead is None else self._ahead[2],
             "model": unwrap(self.model).state_dict(),
             "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
-            "loader": self._gather(self.loader.state_dict()), "rng": self._gather(rng_state()),
+            "loader": self._gather(self._loader_state()), "rng": self._gather(rng_state()),
             "config": self.cfg.to_dict(), "store": store_ref(self.store),
             "world_size": self.world, "metrics": self.last_row,
         }
@@ -264,6 +270,31 @@ class Trainer:
                     if hasattr(self.loader, "set_epoch"):
                         self.loader.set_epoch(self.epoch)
 
+    def _loader_state(self) -> dict:
+        """The loader's position before the prefetched batch (if any): a resume must yield that batch again."""
+        return self.loader.state_dict() if self._ahead is None else self._ahead[1]
+
+    def _fetch(self):
+        """The next batch, its copy to the device started: pinned and non_blocking on the copy stream
+        (CUDA), so that it overlaps the compute already queued; with the loader state before it."""
+        state, epoch = self.loader.state_dict(), self.epoch
+        batch = self._next_batch()
+        if self._copy_stream is None:
+            return batch.to(self.device), state, epoch
+        with torch.cuda.stream(self._copy_stream):
+            return batch.pin().to(self.device, non_blocking=True), state, epoch
+
+    def _take(self):
+        """The batch to compute on now, ready on the device."""
+        ahead, self._ahead = self._ahead, None
+        batch = (ahead or self._fetch())[0]
+        if self._copy_stream is not None:
+            stream = torch.cuda.current_stream(self.device)
+            stream.wait_stream(self._copy_stream)
+            for f in dataclasses.fields(batch):  # the caching allocator must not reuse them before use
+                getattr(batch, f.name).record_stream(stream)
+        return batch
+
     def _forward(self, batch):
         """The model's output for one micro-batch (under autocast when AMP is on)."""
         with torch.autocast(self.device.type, dtype=self.amp_dtype or torch.float32,
@@ -277,7 +308,7 @@ class Trainer:
         terms = torch.zeros(3, device=self.device)
         for i in range(accum):
             t0 = time.perf_counter()
-            batch = self._next_batch().to(self.device)
+            batch = self._take()
             wait += time.perf_counter() - t0
             sync = i == accum - 1 or self.world == 1
             ctx = self.net.no_sync() if not sync else contextlib.nullcontext()
@@ -285,6 +316,10 @@ class Trainer:
                 out = self._forward(batch)
                 (out.loss / accum).backward()
             terms += torch.stack([out.loss, out.mse, out.nce]).detach().float() / accum
+            if self.cfg.train.prefetch:  # the GPU runs the queued backward meanwhile
+                t0 = time.perf_counter()
+                self._ahead = self._fetch()
+                wait += time.perf_counter() - t0
         clip = self.cfg.optim.grad_clip or math.inf
         gnorm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), clip)
         self.optimizer.step()

@@ -27,7 +27,7 @@ def test_every_field_of_every_section_with_its_default():
     rows = _rows(reference())
     defaults = RunConfig().to_dict()
     expected = {f"{s}.{f.name}" for s, kind in SECTIONS.items() for f in dataclasses.fields(kind)}
-    assert set(rows) == expected and len(rows) == 55
+    assert set(rows) == expected and len(rows) == 58
     for key, (default, meaning) in rows.items():
         section, name = key.split(".")
         assert json.loads(default) == json.loads(json.dumps(defaults[section][name])), key
