@@ -123,17 +123,19 @@ def embed_rows(encoder: Encoder, store, *, batch_size: int = 256, progress: bool
     amp = cfg.amp_dtype(device.type) if device.type == "cuda" else None
     out = np.empty((n, cfg.model.dim), dtype=np.float32)
     done = np.zeros(n, dtype=bool)
-    with tqdm(total=n, unit="ECG", desc="embed", disable=not progress) as bar, torch.inference_mode():
-        for batch in loader:
-            signal = batch.signal.to(device, non_blocking=True)
-            lead_mask = batch.lead_mask.to(device, non_blocking=True)
-            with torch.autocast(device.type, dtype=amp or torch.float32, enabled=amp is not None):
-                z = model.encode(signal, lead_mask)
-            rows = batch.index.numpy()
-            out[rows] = z.float().cpu().numpy()
-            done[rows] = True
-            bar.update(len(rows))
-    loader.close()
+    try:
+        with tqdm(total=n, unit="ECG", desc="embed", disable=not progress) as bar, torch.inference_mode():
+            for batch in loader:
+                signal = batch.signal.to(device, non_blocking=True)
+                lead_mask = batch.lead_mask.to(device, non_blocking=True)
+                with torch.autocast(device.type, dtype=amp or torch.float32, enabled=amp is not None):
+                    z = model.encode(signal, lead_mask)
+                rows = batch.index.numpy()
+                out[rows] = z.float().cpu().numpy()
+                done[rows] = True
+                bar.update(len(rows))
+    finally:
+        loader.close()  # its worker processes, if any
     assert done.all(), "the evaluation loader covers every row once"
     ids = reader.column("record_id").astype(str) if reader.has_column("record_id") else \
         np.array([str(i) for i in range(n)])
