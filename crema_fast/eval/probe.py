@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from crema_fast.eval.errors import EvalError
+from crema_fast.eval.errors import EvalError, SplitError
 from crema_fast.eval.metrics import check_classes, macro_auroc
 
 DEFAULT_CS = (1e-3, 1e-2, 1e-1, 1.0, 10.0, 100.0)
@@ -134,6 +134,9 @@ def probe_table(x: np.ndarray, table, *, split_by: str = "auto", seed: int = 0, 
         raise EvalError(f"split_by: expected 'auto', 'patient' or 'record', got {split_by!r}")
     folds = table.strat_fold if split_by == "auto" else None
     patients = table.record_ids if split_by == "record" else table.patient_id
+    if split_by == "patient" and patients is None:
+        raise SplitError("split by patient: the store has no patient_id (converted before patient ids were "
+                         "kept: reconvert it), or split by record (--split record)")
     parts = split_rows(len(table), folds=folds, patient_ids=patients, seed=seed, val_frac=val_frac,
                        test_frac=test_frac)
     y, classes = table.y, list(table.classes)

@@ -5,7 +5,7 @@ import json
 import pytest
 
 from crema_fast.cli import main
-from tests.test_eval.stores import convert_ptbxl
+from tests.test_eval.stores import convert_ptbxl, wfdb_store
 
 
 @pytest.fixture(scope="module")
@@ -48,3 +48,17 @@ def test_probe_patient_split_and_errors(store, embeddings, capsys, shared_data, 
     scp = str(shared_data / "ptbxl" / "scp_statements.csv")
     assert main(["probe", embeddings, "--store", other, "--scp-statements", scp]) == 2
     assert "same store" in capsys.readouterr().err
+
+
+def test_store_without_labels_and_without_patient_ids(tmp_path, capsys):
+    for name, comments in (("nolabels", [[], []]), ("nopatients", [["Dx: 426783006"], ["Dx: 164889003"]] * 4)):
+        (tmp_path / name).mkdir()
+        store = wfdb_store(tmp_path / name, comments)
+        emb = str(tmp_path / name / "e.zarr")
+        assert main(["embed", store, "--random-init", "--preset", "tiny", "--out", emb, "--no-progress",
+                     "--device", "cpu"]) == 0
+        capsys.readouterr()
+        assert main(["probe", emb, "--store", store, "--labels", "snomed"]) == 2
+        err = capsys.readouterr().err.strip()
+        assert "\n" not in err
+        assert ("holds no labels" if name == "nolabels" else "patient_id: 8 of 8 rows have none") in err

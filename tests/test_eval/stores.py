@@ -40,3 +40,23 @@ def save_tiny_checkpoint(run_dir: Path, seed: int, preset: str = "tiny") -> Path
     model = CremaModel(cfg.model, cfg.loss, attention="sdpa")
     return save_checkpoint(run_dir, {"step": 2, "model": model.state_dict(), "optimizer": {}, "scheduler": {},
                                      "config": cfg.to_dict()})
+
+
+def wfdb_store(tmp_path, comments_per_record):
+    """A store of synthetic 12-lead records written with wfdb.wrsamp, each with the given comments."""
+    import numpy as np
+    import wfdb
+
+    from zarr_store.convert import convert
+
+    src = tmp_path / "src"
+    src.mkdir()
+    rng = np.random.default_rng(0)
+    names = ["I", "II", "III", "aVR", "aVL", "aVF", "V1", "V2", "V3", "V4", "V5", "V6"]
+    for k, comments in enumerate(comments_per_record):
+        sig = rng.normal(0, 0.3, size=(5000, 12))
+        wfdb.wrsamp(f"R{k:03d}", fs=500, units=["mV"] * 12, sig_name=names, p_signal=sig, fmt=["16"] * 12,
+                    adc_gain=[1000.0] * 12, baseline=[0] * 12, comments=comments, write_dir=str(src))
+    out = tmp_path / "s.zarr"
+    convert([src], out, progress=False)
+    return str(out)

@@ -5,6 +5,7 @@ import pytest
 
 from crema_fast.eval.errors import LabelsError
 from crema_fast.eval.labels import SUPERCLASSES, load_labels, parse_codes, parse_scp_codes
+from tests.test_eval.stores import wfdb_store
 
 
 def test_superdiagnostic_counts_on_records_1_to_500(ptbxl_store):
@@ -102,29 +103,10 @@ def test_user_csv(small_store, tmp_path):
         load_labels(small_store, "csv", csv=str(none))
 
 
-def _wfdb_store(tmp_path, comments_per_record):
-    """A store of synthetic 12-lead records written with wfdb.wrsamp, each with the given comments."""
-    import wfdb
-
-    from zarr_store.convert import convert
-
-    src = tmp_path / "src"
-    src.mkdir()
-    rng = np.random.default_rng(0)
-    names = ["I", "II", "III", "aVR", "aVL", "aVF", "V1", "V2", "V3", "V4", "V5", "V6"]
-    for k, comments in enumerate(comments_per_record):
-        sig = rng.normal(0, 0.3, size=(5000, 12))
-        wfdb.wrsamp(f"R{k:03d}", fs=500, units=["mV"] * 12, sig_name=names, p_signal=sig, fmt=["16"] * 12,
-                    adc_gain=[1000.0] * 12, baseline=[0] * 12, comments=comments, write_dir=str(src))
-    out = tmp_path / "s.zarr"
-    convert([src], out, progress=False)
-    return str(out)
-
-
 def test_cinc_snomed_codes(tmp_path, shared_data):
     from zarr_store.convert import convert
 
-    store = _wfdb_store(tmp_path, [["Age: 50", "Sex: Male", "Dx: 426783006"],
+    store = wfdb_store(tmp_path, [["Age: 50", "Sex: Male", "Dx: 426783006"],
                                    ["Age: 61", "Sex: Female", "Dx: 164889003,59118001"]])
     # and the real Chapman-Shaoxing record (Dx 164889003,59118001,164934002), appended
     convert([shared_data / "other" / "chapman_shaoxing"], store, progress=False)
@@ -137,7 +119,7 @@ def test_cinc_snomed_codes(tmp_path, shared_data):
 
 
 def test_store_without_labels_is_one_line(tmp_path):
-    store = _wfdb_store(tmp_path, [[], []])
+    store = wfdb_store(tmp_path, [[], []])
     with pytest.raises(LabelsError, match="holds no labels") as info:
         load_labels(store, "snomed")
     assert "\n" not in str(info.value)

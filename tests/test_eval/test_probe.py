@@ -88,3 +88,25 @@ def test_embed_then_probe_on_real_records(ptbxl_store, tmp_path):
     lo, hi = m["macro_auroc_ci"]
     assert lo < m["macro_auroc"] < hi and hi - lo < 0.3
     assert m["macro_f1"] is not None and res.scores_test.shape == (64, 5)
+
+
+def test_missing_patient_ids_are_one_line(tmp_path, small_store, scp_statements):
+    import dataclasses
+
+    from crema_fast.eval.errors import SplitError
+    from tests.test_eval.stores import wfdb_store
+
+    # CinC-like rows: labels, no folds, no patient id in the headers
+    store = wfdb_store(tmp_path, [[f"Dx: {'164889003' if k % 2 else '426783006'}"] for k in range(12)])
+    table = load_labels(store, "snomed")
+    x = np.random.default_rng(0).normal(size=(len(table), 4))
+    with pytest.raises(SplitError, match="patient_id: 12 of 12 rows have none") as info:
+        probe_table(x, table, n_boot=10)
+    assert "\n" not in str(info.value)
+    # a store converted before patient ids were kept: the column is absent
+    old = dataclasses.replace(load_labels(small_store, "superdiagnostic", scp_statements=scp_statements),
+                              patient_id=None)
+    with pytest.raises(SplitError, match="no patient_id .*reconvert"):
+        probe_table(np.zeros((len(old), 4)), old, split_by="patient")
+    with pytest.raises(SplitError, match="neither PTB-XL strat_fold .* nor patient_id"):
+        probe_table(np.zeros((len(old), 4)), dataclasses.replace(old, strat_fold=None))
