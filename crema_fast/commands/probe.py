@@ -45,7 +45,6 @@ def run(args: argparse.Namespace) -> int:
     from crema_fast.eval.labels import load_labels
     from crema_fast.eval.probe import align, probe_table
     from crema_fast.eval.report import build_report, format_table, write_report
-    from crema_fast.eval.splits import describe_split
 
     label_set = args.labels or ("csv" if args.labels_csv else "superdiagnostic")
     emb = read_embeddings(args.embeddings)
@@ -55,15 +54,9 @@ def run(args: argparse.Namespace) -> int:
     x = align(emb.record_ids, emb.emb, table, store_rows=len(reader))
     res = probe_table(x, table, split_by=args.split, seed=args.seed, val_frac=args.val_frac,
                       test_frac=args.test_frac, n_boot=args.n_boot)
-    if args.split == "record":
-        split = f"record-disjoint, seed {args.seed}, val {args.val_frac:g}, test {args.test_frac:g}"
-    else:
-        split = describe_split(len(table), folds=table.strat_fold if args.split == "auto" else None,
-                               patient_ids=table.patient_id, seed=args.seed, val_frac=args.val_frac,
-                               test_frac=args.test_frac)
     encoder = "random init" if emb.meta.get("random_init") else "pretrained"
     report = build_report(res.metrics, checkpoint=emb.meta.get("checkpoint"), store=reader.store,
-                          label_set=label_set, split=split, encoder=encoder, embeddings=args.embeddings,
+                          label_set=label_set, split=res.split, encoder=encoder, embeddings=args.embeddings,
                           rows={k: int(len(v)) for k, v in res.parts.items()}, probe_C=res.probe.C,
                           probe_val_auroc={str(k): v for k, v in res.probe.val_auroc.items()},
                           labels_source=table.source, dropped_empty=table.n_empty)

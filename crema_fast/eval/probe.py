@@ -92,13 +92,15 @@ def fit_probe(x_train, y_train, x_val, y_val, *, Cs=DEFAULT_CS, classes=None, ma
 @dataclass(frozen=True)
 class ProbeResult:
     """What ``probe_table`` produced: metrics (``metrics.evaluate`` on the test split), the fitted probe,
-    the split's positions into the table, y_test (N, C) and scores_test (N, C) (for the ROC plot)."""
+    the split's positions into the table and its one-line name, y_test (N, C) and scores_test (N, C)
+    (for the ROC plot)."""
 
     metrics: dict
     probe: Probe
     parts: dict
     y_test: np.ndarray
     scores_test: np.ndarray
+    split: str = ""
 
 
 def align(emb_record_ids: np.ndarray, emb: np.ndarray, table, store_rows: int | None = None) -> np.ndarray:
@@ -128,7 +130,7 @@ def probe_table(x: np.ndarray, table, *, split_by: str = "auto", seed: int = 0, 
     "patient" (ignore folds) or "record" (each record its own group: for sources without patient ids).
     """
     from crema_fast.eval.metrics import evaluate
-    from crema_fast.eval.splits import split_rows
+    from crema_fast.eval.splits import describe_split, split_rows
 
     if split_by not in ("auto", "patient", "record"):
         raise EvalError(f"split_by: expected 'auto', 'patient' or 'record', got {split_by!r}")
@@ -139,6 +141,10 @@ def probe_table(x: np.ndarray, table, *, split_by: str = "auto", seed: int = 0, 
                          "kept: reconvert it), or split by record (--split record)")
     parts = split_rows(len(table), folds=folds, patient_ids=patients, seed=seed, val_frac=val_frac,
                        test_frac=test_frac)
+    split = describe_split(len(table), folds=folds, patient_ids=patients, seed=seed, val_frac=val_frac,
+                           test_frac=test_frac)
+    if split_by == "record":
+        split = split.replace("patient-disjoint", "record-disjoint (records of one patient may fall in two parts)")
     y, classes = table.y, list(table.classes)
     for name in ("train", "val", "test"):  # before any fitting: the one-line error names class and split
         check_classes(y[parts[name]], name, classes)
@@ -146,4 +152,4 @@ def probe_table(x: np.ndarray, table, *, split_by: str = "auto", seed: int = 0, 
     probe = fit_probe(x[tr], y[tr], x[va], y[va], Cs=Cs, classes=classes, seed=seed)
     s_te, s_va = probe.predict_scores(x[te]), probe.predict_scores(x[va])
     metrics = evaluate(y[te], s_te, y_val=y[va], scores_val=s_va, n_boot=n_boot, seed=seed, classes=classes)
-    return ProbeResult(metrics=metrics, probe=probe, parts=parts, y_test=y[te], scores_test=s_te)
+    return ProbeResult(metrics=metrics, probe=probe, parts=parts, y_test=y[te], scores_test=s_te, split=split)

@@ -39,6 +39,8 @@ def test_probe_prints_and_writes_the_report(store, embeddings, tmp_path, capsys)
 def test_probe_patient_split_and_errors(store, embeddings, capsys, shared_data, tmp_path):
     assert main(["probe", embeddings, "--store", store, "--split", "patient", "--n-boot", "50"]) == 0
     assert "patient-disjoint, seed 0" in capsys.readouterr().out
+    assert main(["probe", embeddings, "--store", store, "--split", "record", "--n-boot", "50"]) == 0
+    assert "record-disjoint" in capsys.readouterr().out
     # a label set with an empty class in a split
     assert main(["probe", embeddings, "--store", store, "--labels", "subdiagnostic"]) == 2
     err = capsys.readouterr().err.strip()
