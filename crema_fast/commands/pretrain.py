@@ -109,6 +109,10 @@ def dry_run(cfg, preset: str, why: str) -> int:
     flops = model.flops_per_ecg(cfg.mask.n_keep(cfg.model.n_patches))
     print(f"forward GFLOP per ECG (both views): {flops / 1e9:.3f}; micro-batch per rank (1 process): "
           f"{cfg.micro_batch(1)}")
+    from crema_fast.train.memory import report
+
+    for line in report(cfg, model.num_params()):
+        print(line)
     print(f"preset: {preset} ({why})")
     return 0
 

@@ -4,6 +4,7 @@ resolves to: test_data.py."""
 
 import json
 import os
+import re
 from pathlib import Path
 
 import pytest
@@ -42,6 +43,11 @@ def test_dry_run_prints_parameter_counts(preset, capsys):
     assert json.loads(out[: out.index("parameters:")])["model"] == c.to_dict()
     if preset == "base":
         assert 80e6 < counts["encoder"] < 90e6  # a ViT-B sized encoder
+        from crema_fast.train.memory import estimate
+
+        fits = estimate(build_config("base"), model.num_params()).largest_batch(80 * 2**30)
+        shown = re.search(r"H100 80GB\s+([\d,]+)\s+with act_ckpt\s+([\d,]+)", out)  # the largest batch
+        assert int(shown.group(1).replace(",", "")) == fits > 256
 
 
 def test_short_run_prints_a_summary_and_resumes(demo_store, tmp_path, capsys, monkeypatch):
