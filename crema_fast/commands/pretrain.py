@@ -14,7 +14,7 @@ model) trains for a few minutes on a laptop CPU, and a summary says where the ch
     torchrun --nproc_per_node 8 -m crema_fast.cli pretrain --data store.zarr --preset base
 
 The default preset is ``demo`` without ``--data`` and ``tiny`` with it. Precedence: the preset, then
-``--config``, then ``--steps``/``--attention``/``--data``, then ``--set``.
+``--config``, then ``--steps``/``--attention``/``--loss``/``--data``, then ``--set``.
 """
 
 from __future__ import annotations
@@ -36,6 +36,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--steps", type=int, help="optimizer steps (train.steps)")
     parser.add_argument("--out", help="the run folder (default: <train.out>/<preset>-<date>-<time>)")
     parser.add_argument("--attention", choices=("ref", "sdpa", "triton"), help="attention implementation")
+    parser.add_argument("--loss", choices=("ref", "triton"), help="CR-MAE loss implementation (triton: the fused kernels)")
     parser.add_argument("--set", dest="sets", nargs="+", action="extend", default=[], metavar="SECTION.FIELD=VALUE",
                         help="override config fields, e.g. --set train.steps=200 optim.lr=1e-3")
     parser.add_argument("--config", help="a JSON or TOML file of config sections (and an optional 'preset')")
@@ -75,6 +76,8 @@ def _build(args) -> tuple:
         train["steps"] = args.steps
     if args.attention:
         train["attention"] = args.attention
+    if args.loss:
+        train["loss"] = args.loss
     if args.data:
         train["data"] = args.data
     if args.resume:

@@ -131,3 +131,11 @@ def test_print_config_prints_the_reference(capsys):
     out = capsys.readouterr().out
     assert out == reference()
     assert "| `loss.tau` | `0.2` | NT-Xent temperature. |" in out
+
+
+def test_loss_flag_selects_the_fused_loss(capsys):
+    """--loss triton sets train.loss (the model checks at construction that the kernel can run here)."""
+    assert main(["pretrain", "--dry-run", "--preset", "tiny", "--loss", "triton", "--attention", "ref"]) == 0
+    out = capsys.readouterr().out
+    train = json.loads(out[: out.index("parameters:")])["train"]
+    assert (train["loss"], train["attention"]) == ("triton", "ref")
