@@ -36,9 +36,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def add_task_arguments(parser: argparse.ArgumentParser) -> None:
     """The label set and split options shared with ``crema-fast evaluate``."""
-    parser.add_argument("--labels", default="superdiagnostic",
-                        help="label set: superdiagnostic (default), subdiagnostic, diagnostic, form, rhythm, all, "
-                             "snomed, csv")
+    from crema_fast.eval.labels import LABEL_SETS  # no torch
+
+    parser.add_argument("--labels", default="superdiagnostic", choices=LABEL_SETS,
+                        help="label set (default superdiagnostic; csv with --labels-csv)")
     parser.add_argument("--labels-csv", help="a CSV of record_id,labels (with --labels csv)")
     parser.add_argument("--scp-statements", help="PTB-XL's scp_statements.csv (default: found beside the sources)")
     parser.add_argument("--split-seed", type=int, default=0, help="seed of the patient-disjoint split (no folds)")

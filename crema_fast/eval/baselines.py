@@ -98,3 +98,115 @@ def finetune_task(task: Task, encoder: Encoder, cfg: FinetuneConfig, run_dir, *,
 def scratch_like(encoder: Encoder) -> Encoder:
     """An encoder of the same architecture and data pipeline, without its weights (random init)."""
     return dataclasses.replace(encoder, state=None, source=f"scratch:{Path(encoder.source).name} architecture")
+
+
+def probe_task(task: Task, ckpt, *, random_init: bool = False, attention: str = "sdpa", seed: int = 0,
+               n_boot: int = 1000, batch_size: int = 256, progress: bool = False) -> dict:
+    """The linear probe on the frozen embeddings of checkpoint ``ckpt``'s encoder (``random_init``: of an
+    untrained encoder of its architecture, seeded), on the task's own split. Same return as finetune_task."""
+    from crema_fast.eval.embed import embed_rows, load_encoder
+    from crema_fast.eval.metrics import evaluate
+    from crema_fast.eval.probe import align, fit_probe
+    from crema_fast.eval.report import build_report
+
+    enc = load_encoder(ckpt, random_init=random_init, attention=attention, seed=seed)
+    ids, emb = embed_rows(enc, task.reader, batch_size=batch_size, progress=progress)
+    x, y, classes = align(ids, emb, task.table), task.table.y, list(task.table.classes)
+    tr, va, te = (task.parts[k] for k in ("train", "val", "test"))
+    probe = fit_probe(x[tr], y[tr], x[va], y[va], classes=classes, seed=seed)
+    s_te, s_va = probe.predict_scores(x[te]), probe.predict_scores(x[va])
+    metrics = evaluate(y[te], s_te, y_val=y[va], scores_val=s_va, n_boot=n_boot, seed=seed, classes=classes)
+    d = task.describe()
+    where = enc.meta["checkpoint"]
+    report = build_report(metrics, checkpoint=None if random_init else where, store=d["store"],
+                          label_set=d["label_set"], split=d["split"], method="linear probe",
+                          encoder=f"random init (seed {seed}), architecture of {where}" if random_init else "pretrained",
+                          rows=d["n"], probe_C=probe.C, probe_val_auroc={str(k): v for k, v in probe.val_auroc.items()})
+    return {"report": report, "y_test": y[te], "scores_test": s_te}
+
+
+METHODS = ("pretrained_probe", "random_init_probe", "scratch_supervised", "pretrained_finetune")
+
+
+def compare(task: Task, ckpt, out_dir, *, baselines: bool = True, finetune: bool = False,
+            finetune_cfg: FinetuneConfig | None = None, attention: str = "sdpa", seed: int = 0,
+            n_boot: int = 1000, resume: bool = False, progress: bool = False) -> list[dict]:
+    """The methods of the module docstring on one task; each report in ``out_dir/<method>/``, the summary
+    rows in ``out_dir/comparison.json``. Returns the rows: {method, encoder, macro_auroc, macro_auroc_ci,
+    macro_ap, n_test, report} and, for every method after the first, minus_pretrained_probe
+    (``paired_difference`` of its scores and the pretrained probe's). finetune_cfg: the fine-tuning settings (the scratch run's layer_decay is 1)."""
+    import json
+
+    from crema_fast.eval.report import write_report
+
+    out_dir = Path(out_dir)
+    cfg = finetune_cfg or FinetuneConfig(attention=attention, seed=seed)
+    encoder = pretrained_encoder(ckpt)
+    plan = {"pretrained_probe": lambda: probe_task(task, ckpt, attention=attention, seed=seed, n_boot=n_boot,
+                                                   progress=progress)}
+    if baselines:
+        plan["random_init_probe"] = lambda: probe_task(task, ckpt, random_init=True, attention=attention, seed=seed,
+                                                       n_boot=n_boot, progress=progress)
+        plan["scratch_supervised"] = lambda: finetune_task(
+            task, scratch_like(encoder), dataclasses.replace(cfg, layer_decay=1.0), out_dir / "scratch_supervised",
+            resume=resume and _has_run(out_dir / "scratch_supervised"), n_boot=n_boot, progress=progress)
+    if finetune:
+        plan["pretrained_finetune"] = lambda: finetune_task(
+            task, encoder, cfg, out_dir / "pretrained_finetune",
+            resume=resume and _has_run(out_dir / "pretrained_finetune"), n_boot=n_boot, progress=progress)
+    rows, scores = [], {}
+    for method, run in plan.items():
+        result = run()
+        report = {**result["report"], "comparison": method}
+        paths = write_report(out_dir / method, report, y_true=result["y_test"], scores=result["scores_test"])
+        np.save(out_dir / method / "scores_test.npy", result["scores_test"])  # for paired comparisons later
+        scores[method] = result["scores_test"]
+        m = report["metrics"]
+        rows.append({"method": method, "encoder": report["encoder"], "macro_auroc": m["macro_auroc"],
+                     "macro_auroc_ci": m["macro_auroc_ci"], "macro_ap": m["macro_ap"], "n_test": m["n"],
+                     "report": paths["json"]})
+    if n_boot:
+        ref = scores["pretrained_probe"]
+        for r in rows[1:]:
+            r["minus_pretrained_probe"] = paired_difference(task.y("test"), scores[r["method"]], ref,
+                                                            n_boot=n_boot, seed=seed)
+    summary = {"checkpoint": encoder.source, **task.describe(), "n_boot": n_boot, "seed": seed, "methods": rows}
+    (out_dir / "comparison.json").write_text(json.dumps(summary, indent=2) + "\n")
+    return rows
+
+
+def paired_difference(y, scores_a, scores_b, *, n_boot: int = 1000, seed: int = 0) -> dict:
+    """Macro AUROC of a minus that of b on the same rows, with a paired bootstrap 95% interval: both
+    methods are scored on the same resamples (``bootstrap_macro_auroc`` with one seed draws the same rows
+    for both, and rejects the same draws, which depend on y alone), so the interval is the difference's:
+    narrower than the two methods' own intervals suggest when their errors are correlated (the same hard
+    ECGs are hard for both). Returns {"delta", "ci", "p_a_not_better"}:
+    the share of resamples in which a does not beat b."""
+    from crema_fast.eval.metrics import bootstrap_macro_auroc, macro_auroc
+
+    ba, _ = bootstrap_macro_auroc(y, scores_a, n_boot=n_boot, seed=seed)
+    bb, _ = bootstrap_macro_auroc(y, scores_b, n_boot=n_boot, seed=seed)
+    d = ba - bb
+    return {"delta": float(macro_auroc(y, scores_a) - macro_auroc(y, scores_b)),
+            "ci": [float(np.percentile(d, 2.5)), float(np.percentile(d, 97.5))],
+            "p_a_not_better": float((d <= 0).mean())}
+
+
+def _has_run(run_dir: Path) -> bool:
+    from crema_fast.train.checkpoint import list_checkpoints
+
+    return bool(list_checkpoints(run_dir))
+
+
+def format_comparison(rows: list[dict]) -> str:
+    """The comparison as a table: method, macro AUROC [95% CI], macro AP, test rows."""
+    lines = [f"{'method':<20}  {'macro AUROC':>11}  {'95% CI':>15}  {'macro AP':>8}  {'test':>4}  "
+             f"{'minus pretrained_probe [paired 95% CI]':>38}"]
+    for r in rows:
+        ci = r["macro_auroc_ci"]
+        ci_text = f"[{ci[0]:.3f}, {ci[1]:.3f}]" if ci else "-"
+        d = r.get("minus_pretrained_probe")
+        d_text = f"{d['delta']:+.3f} [{d['ci'][0]:+.3f}, {d['ci'][1]:+.3f}]" if d else ""
+        lines.append(f"{r['method']:<20}  {r['macro_auroc']:>11.3f}  {ci_text:>15}  {r['macro_ap']:>8.3f}  "
+                     f"{r['n_test']:>4}  {d_text:>38}")
+    return "\n".join(lines)
