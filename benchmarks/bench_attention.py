@@ -19,7 +19,9 @@ it and the percent of it reached.
 
 CPU (no GPU here): the Triton kernel only runs in Triton's interpreter, which says nothing about speed, so
 only the reference and SDPA run, at small shapes in fp32 on one thread (harness.time_call), and the rows
-say that the Triton figures need a GPU (run tools/gpu_lane.sh there). Rows go to benchmarks/results/attention.jsonl.
+say that the Triton figures need a GPU (run tools/gpu_lane.sh there). Quick mode (CREMA_BENCH_QUICK=1): on a
+GPU N in (512, 2048) at d = 64; on the CPU B = 1, N in (120, 384) at d = 64, 5 repeats.
+Rows go to benchmarks/results/attention.jsonl.
 """
 
 from __future__ import annotations
@@ -29,12 +31,14 @@ import contextlib
 import pytest
 import torch
 
-from harness import device_name, peak, print_table, record, summarize, time_call
+from harness import device_name, peak, print_table, quick, record, summarize, time_call
 from kernels.attention import attention, attention_ref
 
-GPU_N = (108, 120, 384, 512, 1024, 2048, 4096)
-GPU_D = (64, 128)
-CPU_SHAPES = [(2, 4, n, d) for n in (108, 120, 384) for d in (64, 128)]
+QUICK = quick()
+GPU_N = (512, 2048) if QUICK else (108, 120, 384, 512, 1024, 2048, 4096)
+GPU_D = (64,) if QUICK else (64, 128)
+CPU_SHAPES = [(1, 4, n, 64) for n in (120, 384)] if QUICK else [(2, 4, n, d) for n in (108, 120, 384) for d in (64, 128)]
+CPU_REPEAT = 5 if QUICK else 11
 COLUMNS = ["N", "d", "B", "H", "impl", "pass", "ms", "ms_iqr", "tflops", "pct_peak", "pct_roofline", "x_vs_ref",
            "x_vs_sdpa_flash", "x_vs_sdpa_efficient", "x_vs_sdpa_cudnn"]
 
@@ -110,7 +114,7 @@ def _cpu_timer(f, grads):
             t.grad = None
         f()
 
-    return time_call(call, repeat=11, warmup=2)
+    return time_call(call, repeat=CPU_REPEAT, warmup=1 if QUICK else 2)
 
 
 def _rows(shape, dtype, impls, timings):

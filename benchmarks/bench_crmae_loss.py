@@ -22,7 +22,8 @@ peak memory / ours. Targets: >= 3x the eager reference, >= 2x less peak memory, 
 
 CPU (no GPU here): the Triton loss only runs in Triton's interpreter, which says nothing about speed, so
 only the reference runs (fp32, one thread, B = 32 at the base patch shapes), and the rows say that the
-Triton figures need a GPU. Rows go to benchmarks/results/crmae_loss.jsonl.
+Triton figures need a GPU. Quick mode (CREMA_BENCH_QUICK=1): B = 8 and 3 repeats on the CPU; on a GPU
+the base and MSE cases only. Rows go to benchmarks/results/crmae_loss.jsonl.
 """
 
 from __future__ import annotations
@@ -30,10 +31,12 @@ from __future__ import annotations
 import pytest
 import torch
 
-from harness import device_name, peak, print_table, record, summarize, time_call
+from harness import device_name, peak, print_table, quick, record, summarize, time_call
 from kernels.crmae_loss import crmae_loss, crmae_loss_ref, masked_mse, normalize_patches
 
 L, P, S, E = 12, 30, 75, 256
+QUICK = quick()
+CPU_B = 8 if QUICK else 32
 COLUMNS = ["case", "impl", "B", "ms", "ms_iqr", "peak_MiB", "GB/s", "pct_bw", "x_vs_ref", "x_vs_compiled",
            "mem_x_vs_ref"]
 
@@ -138,7 +141,8 @@ def test_crmae_loss_gpu(benchmark):
     def sweep():
         rows = _run_case("base", 256, P, impls, _gpu_time, "cuda", torch.bfloat16, _peak_mib)
         rows += _run_case("mse", 256, P, impls[:2], _gpu_time, "cuda", torch.bfloat16, _peak_mib)
-        rows += _run_case("large", 32768, 2, impls[:2], _gpu_time, "cuda", torch.bfloat16, _peak_mib)
+        if not QUICK:
+            rows += _run_case("large", 32768, 2, impls[:2], _gpu_time, "cuda", torch.bfloat16, _peak_mib)
         return rows
 
     rows = benchmark.pedantic(sweep, rounds=1, iterations=1)
@@ -153,12 +157,12 @@ def test_crmae_loss_cpu(benchmark):
     torch.set_num_threads(1)  # per-core figures: steadier on a shared machine
 
     def timer(step):
-        return time_call(step, repeat=7, warmup=1)
+        return time_call(step, repeat=3 if QUICK else 7, warmup=1)
 
     try:
-        rows = benchmark.pedantic(lambda: _run_case("base", 32, P, [("ref", crmae_loss_ref)], timer, "cpu",
+        rows = benchmark.pedantic(lambda: _run_case("base", CPU_B, P, [("ref", crmae_loss_ref)], timer, "cpu",
                                                     torch.float32, None)
-                                  + _run_case("mse", 32, P, [("ref", None)], timer, "cpu", torch.float32, None),
+                                  + _run_case("mse", CPU_B, P, [("ref", None)], timer, "cpu", torch.float32, None),
                                   rounds=1, iterations=1)
     finally:
         torch.set_num_threads(threads)

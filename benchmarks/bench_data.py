@@ -20,6 +20,8 @@ not skew them; wall-clock rates are in ``ecg_s_wall``. Measured:
   record);
 - Numba's compile time (first call in a fresh process with an empty cache) and the cache-load time,
   separately: neither is part of any rate.
+Quick mode (CREMA_BENCH_QUICK=1): stores of 1,024 rows at 500 Hz only, fewer repeats, the loader with 0
+and 2 workers, and no compile-time measurement (two fresh processes compiling everything).
 Rows are appended to benchmarks/results/data.jsonl.
 """
 
@@ -40,12 +42,14 @@ from scipy import signal as sps
 
 from crema_fast.data import DataConfig, ECGLoader, MaskConfig, filters, make_views
 from crema_fast.data.preprocess import preprocess
-from harness import cpu_seconds, print_table, record, summarize
+from harness import cpu_seconds, print_table, quick, record, summarize
 from zarr_store.reader import StoreReader
 
 DATA = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "ptbxl" / "records500"
+QUICK = quick()
 BATCH = 256
-ROWS = 5000
+ROWS = 1024 if QUICK else 5000
+RATES = (500,) if QUICK else (500, 250)  # store rates
 MASK = MaskConfig()
 
 
@@ -196,15 +200,16 @@ def _loader_epochs(path: Path, cfg: DataConfig, workers: int, epochs: int = 2) -
 
 def test_bench_data(benchmark, tmp_path):
     recs = _records()
-    r250 = np.round(sps.resample_poly(recs.astype(np.float64), 1, 2, axis=-1)).astype(np.int16)
-    stores = {500: _store(tmp_path / "s500.zarr", recs, 500), 250: _store(tmp_path / "s250.zarr", r250, 250)}
-    inputs = {500: recs[:BATCH], 250: r250[:BATCH]}
+    r250 = np.round(sps.resample_poly(recs.astype(np.float64), 1, 2, axis=-1)).astype(np.int16) if 250 in RATES else None
+    stores = {rate: _store(tmp_path / f"s{rate}.zarr", {500: recs, 250: r250}[rate], rate) for rate in RATES}
+    inputs = {rate: {500: recs, 250: r250}[rate][:BATCH] for rate in RATES}
     rows: list[dict] = []
-    comp = _compile_times(tmp_path)
-    rows.append({"stage": "compile", "path": "numba: default path (float32, parallel) + masks",
-                 "compile_s": comp["compile_default_s"], "cache_load_s": comp["cache_load_default_s"]})
-    rows.append({"stage": "compile", "path": "numba: all (both precisions, parallel + serial, 500/250 Hz)",
-                 "compile_s": comp["compile_all_s"], "cache_load_s": comp["cache_load_all_s"]})
+    if not QUICK:
+        comp = _compile_times(tmp_path)
+        rows.append({"stage": "compile", "path": "numba: default path (float32, parallel) + masks",
+                     "compile_s": comp["compile_default_s"], "cache_load_s": comp["cache_load_default_s"]})
+        rows.append({"stage": "compile", "path": "numba: all (both precisions, parallel + serial, 500/250 Hz)",
+                     "compile_s": comp["compile_all_s"], "cache_load_s": comp["cache_load_all_s"]})
     make_ppm, torch_ecg_status = _torch_ecg()
     if make_ppm is None:
         print(f"torch_ecg: its preprocessing is not measured ({torch_ecg_status})")
@@ -215,11 +220,12 @@ def test_bench_data(benchmark, tmp_path):
             lm = np.ones((BATCH, 12), bool)
             valid = np.full(BATCH, x.shape[-1])
             rng = np.random.default_rng(0)
-            peer = _measure(lambda: scipy_pipeline(x[:32], rate, DataConfig(), rng), 32, repeat=3)
+            peer = _measure(lambda: scipy_pipeline(x[:32], rate, DataConfig(), rng), 32, repeat=2 if QUICK else 3)
             rows.append({"stage": "preprocess", "path": "scipy per record", "store_hz": rate, **peer})
             if make_ppm is not None:
                 ppm = make_ppm(rate, DataConfig())
-                tecg = _measure(lambda: torch_ecg_pipeline(ppm, x[:32], rate, DataConfig(), rng), 32, repeat=3)
+                tecg = _measure(lambda: torch_ecg_pipeline(ppm, x[:32], rate, DataConfig(), rng), 32,
+                                repeat=2 if QUICK else 3)
                 rows.append({"stage": "preprocess", "path": "torch_ecg per record", "store_hz": rate, **tecg,
                              "x_scipy": tecg["ecg_s"] / peer["ecg_s"], "status": torch_ecg_status})
             for prec in ("float64", "float32"):
@@ -229,7 +235,7 @@ def test_bench_data(benchmark, tmp_path):
                     preprocess(x, lm, valid, rate, cfg, rng=rng)
                     make_views(rng, BATCH, 12, 30, MASK)
 
-                r = _measure(numba_batch, BATCH, repeat=7)
+                r = _measure(numba_batch, BATCH, repeat=3 if QUICK else 7)
                 rows.append({"stage": "preprocess", "path": f"numba ({prec} state)", "store_hz": rate, **r,
                              "x_scipy": r["ecg_s"] / peer["ecg_s"]})
                 if make_ppm is not None:
@@ -248,15 +254,15 @@ def test_bench_data(benchmark, tmp_path):
             def scipy_loader():
                 scipy_pipeline(reader.read(batches[next(it) % 3]).signals, rate, DataConfig(), rng)
 
-            peer = _measure(scipy_loader, 64, repeat=3)
+            peer = _measure(scipy_loader, 64, repeat=2 if QUICK else 3)
             peers[rate] = peer["ecg_s"]
             rows.append({"stage": "loader", "path": "reader + scipy per record", "store_hz": rate, "workers": 0,
                          **peer})
-            for prec in ("float64", "float32"):
+            for prec in ("float32",) if QUICK else ("float64", "float32"):
                 r = _loader_epochs(path, DataConfig(precision=prec), 0)
                 rows.append({"stage": "loader", "path": f"ECGLoader ({prec} state)", "store_hz": rate,
                              "workers": 0, **r, "x_scipy": r["ecg_s"] / peer["ecg_s"]})
-    for workers in (1, 2):
+    for workers in (2,) if QUICK else (1, 2):
         with cores(2):
             for rate, path in stores.items():
                 r = _loader_epochs(path, DataConfig(), workers)

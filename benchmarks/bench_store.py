@@ -15,6 +15,9 @@ shared machine do not skew them; wall-clock rates are in the ``ecg_s_wall`` colu
   bare decode rate (Blosc decode of the same chunks, already in memory, in a loop);
 - the same for the converter's lz4 and delta options (fully random batches only);
 - bytes per ECG against the WFDB originals, and the compression ratio over raw int16.
+Quick mode (CREMA_BENCH_QUICK=1): the first 100 records, one conversion codec (the default) and no
+at-scale conversion, reads from a store of 1,024 rows (5 batches a pattern; one timed batch for zarr's
+API and wfdb), no codec variants.
 Rows are appended to benchmarks/results/store.jsonl.
 """
 
@@ -33,12 +36,14 @@ import numpy as np
 import pytest
 import zarr
 
-from harness import cpu_seconds, print_table, record, summarize
+from harness import cpu_seconds, print_table, quick, record, summarize
 from zarr_store.reader import StoreReader, _undelta_rows
 
 DATA = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "ptbxl"
+QUICK = quick()
 BATCH = 256
-ROWS = 5000
+ROWS = 1024 if QUICK else 5000
+N_BATCHES = 5 if QUICK else 11  # per access pattern, the first one a warm-up
 SCALE = 10  # source folders in the at-scale conversion
 ECG_BYTES = 12 * 5000 * 2  # decoded int16 bytes of one 10 s ECG at 500 Hz
 
@@ -109,8 +114,8 @@ def _conversion(tmp: Path, heads: list[Path]) -> list[dict]:
     import wfdb
 
     rows = []
-    sample = [str(h.with_suffix("")) for h in heads[:100]]
-    rd = _rate(_repeat(lambda: [wfdb.rdsamp(p) for p in sample], repeat=3, warmup=0), len(sample))
+    sample = [str(h.with_suffix("")) for h in heads[:50 if QUICK else 100]]
+    rd = _rate(_repeat(lambda: [wfdb.rdsamp(p) for p in sample], repeat=2 if QUICK else 3, warmup=0), len(sample))
     rows.append({"stage": "convert", "path": "wfdb.rdsamp", "pattern": "records", **rd})
     try:
         from zarr_store.convert import convert
@@ -122,18 +127,20 @@ def _conversion(tmp: Path, heads: list[Path]) -> list[dict]:
     default = None
 
     # The default codec (Blosc zstd 1 bit-shuffle) first: later steps read the first store written.
-    for codec in ("zstd", "delta", "lz4"):
+    for codec in ("zstd",) if QUICK else ("zstd", "delta", "lz4"):
         def run(codec=codec):
             out = tmp / f"conv{next(outs)}.zarr"
             convert([str(archive)], out, workers=1, progress=False, codec=codec)
             return out
 
-        conv = _rate(_repeat(run, repeat=3), len(heads))
+        conv = _rate(_repeat(run, repeat=2 if QUICK else 3), len(heads))
         if codec == "zstd":
             default = conv
         path = "convert(workers=1)" if codec == "zstd" else f"convert(workers=1, codec={codec})"
         rows.append({"stage": "convert", "path": path, "pattern": f"{len(heads)} records", **conv,
                      "x_rdsamp": conv["ecg_s"] / rd["ecg_s"]})
+    if QUICK:
+        return rows
 
     # At scale: the same records under SCALE source folders (10 shards), so that the fixed cost of a
     # conversion (~50 new files and folders: the store's arrays, markers, report; ~0.3 ms each on our
@@ -260,7 +267,7 @@ def _reads(path: Path, heads: list[Path], benchmark) -> list[dict]:
     wfdb_paths = [str(h.with_suffix("")) for h in heads]
     rows, bare_all = [], _Timings()
     for pattern in ("contiguous", "chunk-aligned shuffled", "fully random"):
-        batches = _batches(pattern, rng, 11)
+        batches = _batches(pattern, rng, N_BATCHES)
         if pattern == "fully random":  # the headline figure through pytest-benchmark
             it = iter(batches * 2)
             benchmark.pedantic(lambda: reader.read_signals(next(it), out=out), rounds=5, iterations=1,
@@ -269,9 +276,9 @@ def _reads(path: Path, heads: list[Path], benchmark) -> list[dict]:
         bare_all += t_bare
         ours = _rate(t_ours, BATCH)
         fresh = _rate(_timed(reader.read_signals, batches[:5]), BATCH)
-        theirs = _rate(_timed(zarr_read, batches[:3]), BATCH)
-        wf = _rate(_timed(lambda b: [wfdb.rdsamp(wfdb_paths[i % len(wfdb_paths)]) for i in b[:48]],
-                          batches[:3]), 48)
+        peers = batches[:2 if QUICK else 3]  # the slow peers: fewer batches (the first is a warm-up)
+        theirs = _rate(_timed(zarr_read, peers), BATCH)
+        wf = _rate(_timed(lambda b: [wfdb.rdsamp(wfdb_paths[i % len(wfdb_paths)]) for i in b[:48]], peers), 48)
         rows += [
             {"stage": "read", "path": "StoreReader (out=)", "pattern": pattern, **ours, "pct_bare": pct,
              "x_zarr": ours["ecg_s"] / theirs["ecg_s"], "x_wfdb": ours["ecg_s"] / wf["ecg_s"]},
@@ -318,14 +325,15 @@ def _sizes(store: Path | None, read_store: Path, heads: list[Path]) -> list[dict
 
 @pytest.mark.skipif(not DATA.is_dir(), reason="needs ../shared/data/ptbxl")
 def test_bench_store(benchmark, tmp_path):
-    heads = _records()
+    heads = _records()[:100] if QUICK else _records()
     signals = np.stack([np.fromfile(h.with_suffix(".dat"), dtype="<i2").reshape(5000, 12).T for h in heads])
     with one_core():
         rows = _conversion(tmp_path, heads)
         converted = next(iter(sorted(tmp_path.glob("conv*.zarr"))), None)
         read_store = _build_read_store(tmp_path, signals, converted)
         rows += _reads(read_store, heads, benchmark)
-        rows += _codec_variants(tmp_path, signals)
+        if not QUICK:
+            rows += _codec_variants(tmp_path, signals)
         rows += _sizes(converted, read_store, heads)
     cols = ["stage", "path", "pattern", "ecg_s", "ecg_s_iqr", "ecg_s_wall", "mb_s", "pct_bare", "x_zarr", "x_wfdb",
             "x_rdsamp", "fixed_ms", "bytes_per_ecg", "ratio_raw", "x_wfdb_smaller"]

@@ -2,6 +2,13 @@
 
 Every benchmark appends JSON-lines rows to ``benchmarks/results/<name>.jsonl`` through ``record``;
 each row carries the device, commit, versions and date so figures can be compared across runs.
+
+Two environment variables, read here so that every benchmark means the same by them (``crema-fast bench``
+sets them):
+  CREMA_BENCH_QUICK=1      ``quick()`` is True: each benchmark runs smaller shapes, fewer records and
+                           repeats (a pass of all of them in about a minute on a 2-core CPU); rows carry
+                           ``quick: true``, so that their figures are never mistaken for a full run's
+  CREMA_BENCH_RESULTS=DIR  ``record`` appends under DIR instead of benchmarks/results (tests use it)
 """
 
 from __future__ import annotations
@@ -23,6 +30,17 @@ PEAKS = {
     "NVIDIA H100": {"bf16": 989.0, "fp16": 989.0, "tf32": 494.0, "GB/s": 3350.0},
     "NVIDIA H200": {"bf16": 989.0, "fp16": 989.0, "tf32": 494.0, "GB/s": 4800.0},
 }
+
+
+def quick() -> bool:
+    """Whether this is a quick pass (CREMA_BENCH_QUICK set to anything but '', '0', 'false', 'no')."""
+    return os.environ.get("CREMA_BENCH_QUICK", "").strip().lower() not in ("", "0", "false", "no")
+
+
+def results_dir() -> Path:
+    """Where ``record`` appends: $CREMA_BENCH_RESULTS, else benchmarks/results."""
+    env = os.environ.get("CREMA_BENCH_RESULTS")
+    return Path(env) if env else RESULTS
 
 
 def device_name() -> str:
@@ -128,16 +146,20 @@ def time_call(fn, *, repeat: int = 5, warmup: int = 1) -> list[float]:
 
 
 def record(bench: str, rows: list[dict] | dict) -> Path:
-    """Append rows to ``benchmarks/results/<bench>.jsonl`` with device, commit, versions and date."""
+    """Append rows to ``<results_dir()>/<bench>.jsonl`` with device, commit, versions, date (and
+    ``quick: true`` in a quick pass)."""
     rows = [rows] if isinstance(rows, dict) else rows
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    path = RESULTS / f"{bench}.jsonl"
+    out = results_dir()
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / f"{bench}.jsonl"
     stamp = {
         "device": device_name(),
         "commit": _commit(),
         "versions": versions(),
         "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
     }
+    if quick():
+        stamp["quick"] = True
     with path.open("a") as f:
         for row in rows:
             f.write(json.dumps({**stamp, **row}, default=float) + "\n")

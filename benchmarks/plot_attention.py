@@ -10,17 +10,20 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import re
 from pathlib import Path
 
-RESULTS = Path(__file__).resolve().parent / "results"
-IMPLS = {"triton": "C3", "sdpa_cudnn": "C0", "sdpa_flash": "C2", "sdpa_efficient": "C1", "ref": "0.6"}
+# harness.results_dir()'s rule (this script also runs on its own, without the harness on sys.path)
+RESULTS = Path(os.environ.get("CREMA_BENCH_RESULTS") or Path(__file__).resolve().parent / "results")
+IMPLS = {"triton": "C3", "sdpa_cudnn": "C0", "sdpa_flash": "C2", "sdpa_efficient": "C1", "sdpa": "C0", "ref": "0.6"}
 # Issue 5's targets on an H100, bf16, d = 64 (TFLOP/s at N = 512, 1024, 2048).
 TARGETS = {"fwd": {512: 330, 1024: 380, 2048: 400}, "bwd": {512: 245, 1024: 325, 2048: 380}}
 
 
-def plot(rows: list[dict], out: Path) -> Path:
-    """rows: benchmark rows (N, d, impl, pass, tflops, roofline_tflops) of one device and commit."""
+def plot(rows: list[dict], out: Path, targets: bool = True) -> Path:
+    """rows: benchmark rows (N, d, impl, pass, tflops, roofline_tflops) of one device and commit;
+    targets: mark issue 5's H100 targets (off for CPU rows, whose scale they would flatten)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -38,7 +41,7 @@ def plot(rows: list[dict], out: Path) -> Path:
             roof = sorted({(r["N"], 0.6 * r["roofline_tflops"]) for r in rows if r["d"] == d and r.get("roofline_tflops")})
             if roof and p == "fwd":
                 ax.plot(*zip(*roof), ":", color="0.4", label="60% of roofline")
-            if d == 64 and p in TARGETS:
+            if targets and d == 64 and p in TARGETS:
                 ax.plot(list(TARGETS[p]), list(TARGETS[p].values()), "k*", ms=11, label="target (issue 5)")
             ax.set_xscale("log", base=2)
             ax.set_title(f"{p}, d = {d}")
@@ -48,7 +51,7 @@ def plot(rows: list[dict], out: Path) -> Path:
                 ax.set_xlabel("N (tokens)")
     axes[0][0].legend(fontsize=8)
     r0 = rows[0]
-    fig.suptitle(f"Attention, bf16, {r0['device']}, commit {r0['commit']} ({r0['date'][:10]}); "
+    fig.suptitle(f"Attention, {r0.get('dtype', 'bfloat16')}, {r0['device']}, commit {r0['commit']} ({r0['date'][:10]}); "
                  "FLOPs: 4BHN²d forward, 2.5x backward")
     fig.tight_layout()
     fig.savefig(out, dpi=100)

@@ -25,6 +25,7 @@ COMMANDS = {
     "probe": ("crema_fast.commands.probe", "linear probe on embeddings: macro AUROC with a bootstrap interval"),
     "finetune": ("crema_fast.commands.finetune", "fine-tune the whole encoder with a linear head on a store's labels"),
     "evaluate": ("crema_fast.commands.evaluate", "pretrained probe vs random-init probe vs from-scratch (--baselines)"),
+    "bench": ("crema_fast.commands.bench", "run the benchmarks this machine can run; one Markdown report with plots"),
 }
 
 
