@@ -52,13 +52,23 @@ def check_impl(impl: str) -> str:
     return impl
 
 
+@torch.compiler.disable
+def _fused(*args):
+    """The Triton loss as one opaque call under torch.compile: dynamo does not trace its launchers (under
+    the interpreter it fails inside them), the compiled model graph-breaks once around the loss, which is
+    fused already. Its autograd.Functions still give the backward."""
+    return _module().crmae_loss(*args)
+
+
 def cr_mae_loss(pred, patches, mask, lead_mask, z0, z1, lam: float, tau: float, eps: float = 1e-6,
                 normalize: bool = True, impl: str = "ref", gather: bool | None = None):
     """Dispatch to one implementation; arguments as ``kernels.crmae_loss.crmae_loss``."""
-    fn = {"ref": "crmae_loss_ref", "triton": "crmae_loss"}.get(impl)
-    if fn is None:
-        raise ConfigError(f"loss: expected impl in {IMPLS}, got {impl!r}")
-    return getattr(_module(), fn)(pred, patches, mask, lead_mask, z0, z1, lam, tau, eps, normalize, gather)
+    args = (pred, patches, mask, lead_mask, z0, z1, lam, tau, eps, normalize, gather)
+    if impl == "ref":
+        return _module().crmae_loss_ref(*args)
+    if impl == "triton":
+        return _fused(*args)
+    raise ConfigError(f"loss: expected impl in {IMPLS}, got {impl!r}")
 
 
 def normalize_patches(patches: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
