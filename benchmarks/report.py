@@ -100,15 +100,15 @@ def _data(rows, out, stem, store_rows=()):
     bars = [(f"{r['stage']}: {r['path']}" + (f", {r['workers']} workers" if r.get("workers") else "")
              + (f" ({r['store_hz']} Hz)" if r.get("store_hz") else ""), r["ecg_s"], r["path"])
             for r in rows if isinstance(r.get("ecg_s"), (int, float))]
-    bars += [(f"store: wfdb.rdsamp ({r['pattern']})", r["ecg_s"], "wfdb") for r in store_rows
-             if r.get("path") == "wfdb.rdsamp" and isinstance(r.get("ecg_s"), (int, float))]
+    bars += [(f"store {r['stage']}: {r['path']} ({r['pattern']})", r["ecg_s"], r["path"]) for r in store_rows
+             if r.get("path") in ("wfdb.rdsamp", "StoreReader (out=)") and r.get("pattern") in ("records", "fully random")
+             and isinstance(r.get("ecg_s"), (int, float))]
     if not bars:
         return text, []
     plt = _plt()
     color = lambda p: "0.6" if "scipy" in p or "wfdb" in p or "torch_ecg" in p else "C3"  # noqa: E731
     fig, ax = plt.subplots(figsize=(10, 0.32 * len(bars) + 1.4))
-    _bars(ax, [b[0] for b in bars], [b[1] for b in bars], [color(b[2]) for b in bars], "ECG/s per core (log)")
-    ax.set_xscale("log")
+    _bars(ax, [b[0] for b in bars], [b[1] for b in bars], [color(b[2]) for b in bars], "ECG/s per core")
     ax.set_title("Data path: ours (red) against scipy / torch_ecg / wfdb (grey)")
     fig.tight_layout()
     png = out / f"{stem}_data.png"

@@ -1,18 +1,23 @@
 #!/usr/bin/env bash
 # The GPU lane in one command: on a machine with CUDA, install what is missing, run the GPU tests
-# (CREMA_GPU_LANE=1 python -m pytest -m gpu) and the GPU benchmarks (pytest benchmarks/ --benchmark-only -s -k gpu),
-# and keep the results under benchmarks/results/: the rows each benchmark appends through harness.record()
-# (<bench>.jsonl) and the full log, gpu_lane_<device>_<UTC date>.log. Where $OUT is set (the device
-# machine's copy-back folder), the log is copied there, and benchmarks/results/ as one tarball
+# (CREMA_GPU_LANE=1 python -m pytest -m gpu) and the GPU benchmarks (crema-fast bench attention loss train eval,
+# run as python -m crema_fast.cli bench), and keep the results under benchmarks/results/: the rows each benchmark
+# appends through harness.record() (<bench>.jsonl), the bench report (report_<device>_<commit>.md and its
+# PNGs) and the full log, gpu_lane_<device>_<UTC date>.log. Where $OUT is set (the device machine's copy-back
+# folder), the log, the report and its PNGs are copied there, and benchmarks/results/ as one tarball
 # (gpu_lane_results.tgz: at most 8 files come back from that machine).
 #
 # Usage (from anywhere; it works in the repository root):
 #   tools/gpu_lane.sh            # tests, then benchmarks
 #   tools/gpu_lane.sh tests      # only the GPU tests
 #   tools/gpu_lane.sh bench      # only the benchmarks
-# Extra pytest arguments for the benchmark run go in GPU_LANE_BENCH_ARGS (split at spaces), a -k expression
-# in GPU_LANE_BENCH_K: by default "gpu", the GPU benchmarks (attention, the fused loss, training step); set it empty for
-# every benchmark (the store and data-path ones time this machine's CPU, minutes of device time). The tests
+# The bench stages: GPU_LANE_BENCH_STAGES (e.g. "attention train"), else from GPU_LANE_BENCH_K: by default "gpu",
+# the GPU stages (attention, the fused loss, the training step, embedding); empty for every stage (the store and
+# data-path ones time this machine's CPU, minutes of device time); any other -k expression runs every stage's
+# program with that -k. GPU_LANE_BENCH_QUICK=1 makes it crema-fast bench --quick. Extra pytest arguments for every
+# benchmark program go in GPU_LANE_BENCH_ARGS (split at spaces; a -k there wins). The training benchmark trains on
+# $CREMA_BENCH_STORE; where that is unset, the lane builds one of GPU_LANE_SYNTH_ROWS (default 20000) rows with
+# tools/synth_store.py into runs/stores/ (set GPU_LANE_SYNTH_ROWS=0 for the old default: the records at hand). The tests
 # run in GPU_LANE_WORKERS (default 8) processes where pytest-xdist is installed: most of their time is
 # Triton compiling each autotuning config (123 tests: 134 s on an H100 machine's 16 cores).
 #
@@ -81,21 +86,45 @@ if [ "$MODE" != bench ]; then
   say "== GPU tests: exit $TEST_RC"
 fi
 
-# --- the benchmarks (-k gpu unless GPU_LANE_BENCH_K says otherwise) ---------------------------------------
+# --- the benchmarks: crema-fast bench (the GPU stages unless GPU_LANE_BENCH_STAGES / _K say otherwise) ----
+REPORT=
 if [ "$MODE" != tests ]; then
-  K=()
-  [ -n "${GPU_LANE_BENCH_K-gpu}" ] && K=(-k "${GPU_LANE_BENCH_K-gpu}")
+  K=${GPU_LANE_BENCH_K-gpu}
+  STAGES=${GPU_LANE_BENCH_STAGES-}
+  PYARGS="--continue-on-collection-errors -p no:zarr"
+  if [ -z "$STAGES" ]; then
+    case "$K" in
+      gpu) STAGES="attention loss train eval" ;;
+      "") ;;                                       # every stage
+      *) PYARGS="$PYARGS -k $K" ;;                 # every stage's program, with that -k
+    esac
+  fi
   # K first: pytest keeps the last -k, so one given in GPU_LANE_BENCH_ARGS still wins
-  say "== pytest benchmarks/ --benchmark-only -s ${K[*]-} ${GPU_LANE_BENCH_ARGS:-}"
+  PYARGS="$PYARGS ${GPU_LANE_BENCH_ARGS:-}"
+  if [ -z "${CREMA_BENCH_STORE:-}" ] && [ "${GPU_LANE_SYNTH_ROWS:-20000}" != 0 ] && [ -f tools/synth_store.py ]; then
+    SYNTH=runs/stores/synth-${GPU_LANE_SYNTH_ROWS:-20000}.zarr
+    if [ ! -f "$SYNTH/zarr.json" ]; then
+      say "== python tools/synth_store.py ${GPU_LANE_SYNTH_ROWS:-20000} $SYNTH --workers 8"
+      mkdir -p runs/stores
+      "$PY" tools/synth_store.py "${GPU_LANE_SYNTH_ROWS:-20000}" "$SYNTH" --workers 8 2>&1 | tee -a "$LOG"
+    fi
+    [ -f "$SYNTH/zarr.json" ] && export CREMA_BENCH_STORE=$ROOT/$SYNTH
+  fi
+  QUICK=()
+  [ -n "${GPU_LANE_BENCH_QUICK:-}" ] && [ "${GPU_LANE_BENCH_QUICK}" != 0 ] && QUICK=(--quick)
+  say "== python -m crema_fast.cli bench ${STAGES:-(every stage)} ${QUICK[*]-} --pytest-args \"$PYARGS\""
   # shellcheck disable=SC2086
-  "$PY" -m pytest benchmarks/ --benchmark-only -s -q -rfEs --continue-on-collection-errors -p no:cacheprovider -p no:zarr \
-    ${K[@]+"${K[@]}"} ${GPU_LANE_BENCH_ARGS:-} 2>&1 | tee -a "$LOG"
+  "$PY" -m crema_fast.cli bench $STAGES ${QUICK[@]+"${QUICK[@]}"} --pytest-args "$PYARGS" 2>&1 | tee -a "$LOG"
   say "== benchmarks: exit ${PIPESTATUS[0]} (not counted in this script's status)"
+  REPORT=$(sed -n 's/^report: //p' "$LOG" | tail -n 1)
 fi
 
-say "== results: $LOG and benchmarks/results/*.jsonl"
+say "== results: $LOG, benchmarks/results/*.jsonl${REPORT:+ and $REPORT}"
 if [ -n "${OUT:-}" ] && [ -d "$OUT" ]; then
   cp "$LOG" "$OUT"/ && tar czf "$OUT"/gpu_lane_results.tgz benchmarks/results
+  if [ -n "$REPORT" ] && [ -f "$REPORT" ]; then
+    cp "$REPORT" "${REPORT%.md}"_*.png "$OUT"/ 2>/dev/null || cp "$REPORT" "$OUT"/
+  fi
   say "== copied to \$OUT: $(ls "$OUT" | tr '\n' ' ')"
 fi
 exit "$TEST_RC"
