@@ -3,7 +3,8 @@
 The direct reader handles the layout ``zarr_store.convert`` writes and nothing it cannot check:
 a regular chunk grid whose inner chunks split only axis 0 (``(k, *rest)`` inside shards of
 ``(m * k, *rest)``), the ``sharding_indexed`` codec with its index at the end, the index codecs
-``bytes`` (+ ``crc32c``), inner codecs ``[numcodecs.delta?] bytes(little) [blosc?]``. Anything else
+``bytes`` (+ ``crc32c``), inner codecs ``[numcodecs.delta?] bytes(little) [blosc?] [crc32c?]`` (the
+inner crc32c is checked on every read). Anything else
 returns a reason string, and the reader falls back to zarr's own API.
 """
 
@@ -36,6 +37,7 @@ class ShardLayout:
     delta: bool  # numcodecs.delta filter (decode = int prefix sum over the flattened chunk)
     blosc: bool  # False: raw little-endian bytes
     index_crc: bool
+    chunk_crc: bool  # each stored chunk ends with the crc32c of the bytes before it
     chunk_nbytes: int  # decoded bytes of one inner chunk
     chunks_per_shard: int
 
@@ -83,7 +85,7 @@ def parse_shard_layout(name: str, meta: dict) -> tuple[ShardLayout | None, str]:
     if index_names not in (["bytes"], ["bytes", "crc32c"]) or \
             cfg["index_codecs"][0].get("configuration", {}).get("endian", "little") != "little":
         return None, f"index codecs {index_names}"
-    delta, blosc, seen_bytes = False, False, False
+    delta, blosc, seen_bytes, crc = False, False, False, False
     for codec in cfg.get("codecs", []):
         cname, ccfg = codec.get("name"), codec.get("configuration", {}) or {}
         if cname == "numcodecs.delta" and not seen_bytes and not delta:
@@ -95,8 +97,10 @@ def parse_shard_layout(name: str, meta: dict) -> tuple[ShardLayout | None, str]:
             if dtype.itemsize > 1 and endian != sys.byteorder:
                 return None, f"{endian}-endian chunks"
             seen_bytes = True
-        elif cname == "blosc" and seen_bytes and not blosc:
+        elif cname == "blosc" and seen_bytes and not blosc and not crc:
             blosc = True
+        elif cname == "crc32c" and seen_bytes and not crc:
+            crc = True
         else:
             return None, f"inner codec {cname!r}"
     if not seen_bytes:
@@ -114,7 +118,7 @@ def parse_shard_layout(name: str, meta: dict) -> tuple[ShardLayout | None, str]:
         fill = bool(fill)
     layout = ShardLayout(name=name, shape=shape, dtype=dtype, fill_value=fill, chunk_rows=chunk_shape[0],
                          shard_rows=shard_shape[0], key_prefix=prefix, key_separator=sep, delta=delta,
-                         blosc=blosc, index_crc=len(index_names) == 2,
+                         blosc=blosc, index_crc=len(index_names) == 2, chunk_crc=crc,
                          chunk_nbytes=chunk_shape[0] * int(np.prod(shape[1:], dtype=np.int64)) * dtype.itemsize,
                          chunks_per_shard=shard_shape[0] // chunk_shape[0])
     return layout, ""

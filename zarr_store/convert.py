@@ -245,6 +245,10 @@ def _open_or_create(url: str, opts: ConvertOptions, io: StoreIO) -> tuple[dict, 
                    shape=[0, 12, opts.window])
         return attrs, 0
     shard_rows = signals["chunk_grid"]["configuration"]["chunk_shape"][0]
+    inner = [c.get("name") for c in signals["codecs"][0].get("configuration", {}).get("codecs", [])]
+    if "crc32c" not in inner:  # new chunks carry a crc32c, which this store's zarr.json does not declare
+        raise BadArgumentError(f"out {url}: store written before chunks carried a crc32c (its codecs "
+                               f"{inner}); it still reads, but convert into a new store to add records")
     if attrs.get("codec") != opts.codec or shard_rows != opts.shard_size:
         raise BadArgumentError(f"out {url}: store uses codec {attrs.get('codec')} and shards of "
                                f"{shard_rows}, got codec={opts.codec} shard_size={opts.shard_size}")

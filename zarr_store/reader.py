@@ -6,7 +6,8 @@ orthogonal selection into per-element coordinates: 190–720 ECG/s per core for 
 shard's index once (checking its crc32c), and decodes the chunks a batch needs with Blosc straight into
 the output buffer: from memory-mapped shard files locally (no copy out of the page cache), from fsspec
 range reads remotely (chunks adjacent in a file fetched as one range, all ranges in one ``cat_ranges``
-call). The ``numcodecs.delta`` filter is undone by a Numba int16 prefix sum. A batch decodes each chunk
+call), each chunk's crc32c checked when the store has one (CorruptChunkError naming the shard file
+and rows otherwise). The ``numcodecs.delta`` filter is undone by a Numba int16 prefix sum. A batch decodes each chunk
 once however often it repeats rows. Stores it cannot read that way (other codecs, no sharding, index at
 the start, file systems without range reads) are read through zarr's API instead; ``path_kind`` says
 which ("direct" or "zarr") and ``fallback_reason`` why.
@@ -352,6 +353,16 @@ class StoreReader:
         try:
             if len(src) != nbytes:
                 raise ValueError(f"expected {nbytes} stored bytes, got {len(src)}")
+            if lay.chunk_crc:
+                if nbytes < 4:
+                    raise ValueError(f"expected at least 4 stored bytes (its crc32c), got {nbytes}")
+                # np.frombuffer: google_crc32c takes no memoryview of a mapped file, an array of it is free
+                want = int.from_bytes(src[nbytes - 4:], "little")
+                got = google_crc32c.value(np.frombuffer(src, np.uint8, nbytes - 4))
+                if got != want:
+                    raise ValueError(f"crc32c mismatch (stored {want:#010x}, computed {got:#010x}): "
+                                     f"the chunk's bytes changed on disk")
+                src, nbytes = src[: nbytes - 4], nbytes - 4
             if lay.blosc:
                 # Blosc's header: nbytes (decoded) at byte 4, cbytes (stored) at byte 12.
                 if nbytes < 16 or int.from_bytes(src[4:8], "little") != lay.chunk_nbytes or \

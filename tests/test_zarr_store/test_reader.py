@@ -341,3 +341,55 @@ def test_patient_ids_and_a_store_that_predates_them(shared_data, tmp_path):
     assert isinstance(err.value, StoreError)
     msg = str(err.value)
     assert "\n" not in msg and repr(str(store)) in msg and "predates patient_id" in msg and "re-convert" in msg
+
+
+def test_flipped_byte_in_a_checksummed_chunk(tmp_path, shared_data, ptbxl_signals):
+    """One byte flipped inside a chunk's compressed stream decodes, without the chunk's crc32c, to a
+    plausible ECG; with it (what convert writes) the reader raises, naming the store's shard file and
+    the row, and every other row still reads. zarr itself opens and reads the store (and rejects the
+    flipped chunk too); a store written without the crc32c codec still reads (test_direct_reader_...)."""
+    from zarr_store.convert import convert
+
+    archive = copy_subset(shared_data / "ptbxl", tmp_path / "ptbxl", ptbxl_names(shared_data, 12),
+                          ["ptbxl_database.csv"], records_file=True)
+    store = tmp_path / "s.zarr"
+    convert([archive], store, shard_size=8, progress=False)
+    np.testing.assert_array_equal(zarr.open_array(str(store), path="signals", mode="r")[:], ptbxl_signals[:12])
+    shard_file = _shard_file(str(store), 1)
+    raw = bytearray(shard_file.read_bytes())
+    off, nbytes = (int(v) for v in np.frombuffer(bytes(raw[-(8 * 16 + 4):-4]), "<u8").reshape(8, 2)[2])
+    raw[off + nbytes // 2] ^= 0x10  # row 10 = chunk 2 of shard 1, mid-stream
+    shard_file.write_bytes(bytes(raw))
+    r = StoreReader(store)
+    assert r.layout.chunk_crc
+    with pytest.raises(CorruptChunkError) as err:
+        r.read_signals([10])
+    msg = str(err.value)
+    assert str(shard_file) in msg and "rows 10..10" in msg and "crc32c mismatch" in msg, msg
+    np.testing.assert_array_equal(r.read_signals([9, 11, 0]), ptbxl_signals[[9, 11, 0]])
+    with pytest.raises(ValueError, match="checksum"):
+        zarr.open_array(str(store), path="signals", mode="r")[10]
+
+
+def test_zarr_written_crc32c_store_reads_directly(tmp_path, ptbxl_signals):
+    from zarr.codecs import Crc32cCodec
+
+    comp = [BloscCodec(cname="zstd", clevel=1, shuffle="bitshuffle", typesize=2), Crc32cCodec()]
+    path = make_store(tmp_path / "c.zarr", ptbxl_signals, 20, shard_rows=8, compressors=comp)
+    r = StoreReader(path, mode="direct")
+    assert r.layout.chunk_crc
+    idx = np.array([19, 0, 7, 8, 3])
+    np.testing.assert_array_equal(r.read_signals(idx), expected(path, idx))
+
+
+def test_append_to_a_store_without_chunk_crc32c_is_refused(tmp_path, shared_data, ptbxl_signals):
+    """New chunks carry a crc32c that an older store's zarr.json does not declare: appending would mix
+    the two, so convert refuses with one line, and the old store keeps reading."""
+    from zarr_store.convert import convert
+
+    path = make_store(tmp_path / "old.zarr", ptbxl_signals, 4, shard_rows=8)
+    archive = copy_subset(shared_data / "ptbxl", tmp_path / "ptbxl", ptbxl_names(shared_data, 2),
+                          ["ptbxl_database.csv"], records_file=True)
+    with pytest.raises(BadArgumentError, match="written before chunks carried a crc32c"):
+        convert([archive], path, shard_size=8, progress=False)
+    np.testing.assert_array_equal(StoreReader(path).read_signals([3]), ptbxl_signals[[3]])

@@ -90,7 +90,7 @@ def test_bitshuffle_equals_blosc(shape):
 def test_zstandard_chunks_decode_through_blosc(name):
     import numcodecs
 
-    enc = ChunkEncoder(ChunkCodec(name, blocksize=12 * 5000 * 2))
+    enc = ChunkEncoder(ChunkCodec(name, blocksize=12 * 5000 * 2, crc32c=False))  # the Blosc bytes alone
     assert enc.path == "zstandard"
     rng = np.random.default_rng(7)
     for x in (np.cumsum(rng.normal(0, 30, (12, 5000)), axis=-1).astype(np.int16),
@@ -122,7 +122,7 @@ def test_encoder_path_falls_back_to_blosc(monkeypatch):
     odd = ChunkEncoder(ChunkCodec("zstd", blocksize=12 * 51 * 2))  # 612 elements, not a multiple of 8
     assert odd.path == "blosc"
     monkeypatch.setitem(sys.modules, "zstandard", None)  # not installed
-    enc = ChunkEncoder(ChunkCodec("zstd", blocksize=1200))
+    enc = ChunkEncoder(ChunkCodec("zstd", blocksize=1200, crc32c=False))  # the Blosc bytes alone
     assert enc.path == "blosc" and enc.encode(x) == want
 
 
@@ -133,7 +133,7 @@ def test_near_incompressible_chunks_get_blosc_header(blocksize):
     limit at exactly nbytes - 8 this fails on 4 (320) and 55 (480) of these 300 chunks."""
     import numcodecs
 
-    enc = ChunkEncoder(ChunkCodec("zstd", blocksize=blocksize))
+    enc = ChunkEncoder(ChunkCodec("zstd", blocksize=blocksize, crc32c=False))  # the Blosc bytes alone
     assert enc.path == "zstandard"
     rng = np.random.default_rng(0)
     for _ in range(300):
@@ -170,3 +170,17 @@ def test_probe_decides_the_path(monkeypatch):
     assert enc.path == "blosc"
     x = np.cumsum(np.random.default_rng(4).normal(0, 30, (12, 50)), axis=-1).astype(np.int16)
     assert numcodecs.blosc.decompress(enc.encode(x)) == x.tobytes()
+
+
+def test_chunks_end_with_their_crc32c():
+    """The default pipeline is Blosc then zarr's crc32c codec: the Blosc bytes, then their crc32c
+    (little-endian), as zarr's Crc32cCodec writes and checks it."""
+    import google_crc32c
+    import numcodecs
+
+    x = np.cumsum(np.random.default_rng(6).normal(0, 30, (12, 50)), axis=-1).astype(np.int16)
+    got = ChunkEncoder(ChunkCodec("zstd", blocksize=1200)).encode(x)
+    body = ChunkEncoder(ChunkCodec("zstd", blocksize=1200, crc32c=False)).encode(x)
+    assert got == body + google_crc32c.value(body).to_bytes(4, "little")
+    assert numcodecs.blosc.decompress(got[:-4]) == x.tobytes()
+    assert [c.to_dict()["name"] for c in ChunkCodec("zstd").zarr_codecs()[1]] == ["blosc", "crc32c"]
