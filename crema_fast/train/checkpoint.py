@@ -11,13 +11,18 @@ A checkpoint is one ``torch.save``d dict (format 1)::
 
 Files are ``<run>/checkpoints/step_0000200.pt``; writing goes to a temporary file in the same folder,
 fsynced, then ``os.replace`` (atomic on POSIX) and an fsync of the folder, so a killed run (or a crash of
-the machine) never leaves a half-written checkpoint under a checkpoint's name. Reading a run folder
-falls back to the previous checkpoint when the latest cannot be read. Loading checks the architecture
-fields of the saved config against the model's and names every mismatch (``CremaError``).
+the machine) never leaves a half-written checkpoint under a checkpoint's name. Beside each file,
+``step_0000200.pt.sha256`` holds the sha256 of its bytes (written first, computed as the file is
+written): torch.load does not check the zip's CRCs, so a flipped byte in a tensor used to load and
+send training to NaN. Loading verifies it (a checkpoint without one, from before, or copied without
+it, loads unverified). Reading a run folder falls back to the newest checkpoint that reads and
+verifies, saying which one it skipped and why. Loading checks the architecture fields of the saved
+config against the model's and names every mismatch (``CremaError``).
 """
 
 from __future__ import annotations
 
+import hashlib
 import os
 import platform
 import random
@@ -33,6 +38,34 @@ from crema_fast.train.config import RunConfig, arch_mismatch
 
 FORMAT = 1
 _NAME = re.compile(r"^step_(\d+)\.pt$")
+DIGEST_SUFFIX = ".sha256"
+
+
+class _Hashing:
+    """A file wrapper that hashes what is written through it (one pass over a checkpoint's bytes)."""
+
+    def __init__(self, f):
+        self.f, self.sha = f, hashlib.sha256()
+
+    def write(self, data) -> int:
+        self.sha.update(data)
+        return self.f.write(data)
+
+    def flush(self) -> None:
+        self.f.flush()
+
+
+def digest_path(path: str | Path) -> Path:
+    path = Path(path)
+    return path.with_name(path.name + DIGEST_SUFFIX)
+
+
+def file_sha256(path: str | Path) -> str:
+    sha = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(1 << 22):
+            sha.update(block)
+    return sha.hexdigest()
 
 
 def versions() -> dict[str, str]:
@@ -109,18 +142,26 @@ def save_checkpoint(run_dir: str | Path, state: dict, *, keep_last: int = 3) -> 
     d.mkdir(parents=True, exist_ok=True)
     path = d / f"step_{int(state['step']):07d}.pt"
     tmp = d / f".{path.name}.tmp-{os.getpid()}"
+    digest, digest_tmp = digest_path(path), d / f".{path.name}{DIGEST_SUFFIX}.tmp-{os.getpid()}"
     try:
         with open(tmp, "wb") as f:
-            torch.save({"format": FORMAT, "versions": versions(), **state}, f)
+            out = _Hashing(f)
+            torch.save({"format": FORMAT, "versions": versions(), **state}, out)
             f.flush()
             os.fsync(f.fileno())  # the bytes on disk before the name points at them (a crash after replace)
+        # The digest first: a kill between the two renames leaves a digest without its checkpoint
+        # (ignored), never a checkpoint beside an older step's digest.
+        digest_tmp.write_text(out.sha.hexdigest() + "\n")
+        os.replace(digest_tmp, digest)
         os.replace(tmp, path)
-        _fsync_dir(d)  # and the rename itself
+        _fsync_dir(d)  # and the renames themselves
     finally:
-        if tmp.exists():
-            tmp.unlink()
+        for t in (tmp, digest_tmp):
+            if t.exists():
+                t.unlink()
     for old in list_checkpoints(run_dir)[:-keep_last]:
         old.unlink(missing_ok=True)
+        digest_path(old).unlink(missing_ok=True)
     return path
 
 
@@ -128,6 +169,12 @@ def _load(path: Path) -> dict:
     """One checkpoint file -> its dict, or CremaError saying why not."""
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint not found: {path}")
+    digest = digest_path(path)
+    if digest.is_file():
+        want, got = digest.read_text().strip(), file_sha256(path)
+        if want != got:
+            raise CremaError(f"checkpoint {path} is corrupt: its sha256 is {got[:16]}..., {digest.name} "
+                             f"says {want[:16]}... (the file changed after it was written)")
     try:
         # weights_only=False: the dict holds numpy RNG state and plain Python objects we wrote ourselves.
         ckpt = torch.load(path, map_location="cpu", weights_only=False)
@@ -157,7 +204,8 @@ def read_checkpoint(path: str | Path) -> dict:
             errors.append(str(exc))
             continue
         if errors:
-            print(f"warning: {errors[0]}; using the previous checkpoint {candidate} instead", file=sys.stderr)
+            print(f"warning: skipped {len(errors)} newer checkpoint(s) ({'; '.join(errors)}); using the previous "
+                  f"checkpoint {candidate} (step {ckpt.get('step')}) instead", file=sys.stderr)
         return ckpt
     raise CremaError("; ".join(errors) if len(errors) == 1 else
                      f"no readable checkpoint in {checkpoint_dir(path)}: " + "; ".join(errors))

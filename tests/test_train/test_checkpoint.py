@@ -1,5 +1,6 @@
 """Checkpoints: round trip of every part, atomic writes, keep_last, the architecture-mismatch error."""
 
+import hashlib
 import random
 
 import numpy as np
@@ -7,7 +8,7 @@ import pytest
 import torch
 
 from crema_fast.errors import CremaError
-from crema_fast.train.checkpoint import (list_checkpoints, load_model_state, read_checkpoint, rng_state,
+from crema_fast.train.checkpoint import (digest_path, list_checkpoints, load_model_state, read_checkpoint, rng_state,
                                          save_checkpoint, set_rng_state)
 from crema_fast.train.config import build_config
 from crema_fast.train.engine import build_model, param_groups
@@ -57,7 +58,8 @@ def test_keep_last_and_no_temporary_files(tmp_path):
         save_checkpoint(tmp_path, _state(cfg, model, opt, step), keep_last=2)
     names = [p.name for p in list_checkpoints(tmp_path)]
     assert names == ["step_0000030.pt", "step_0000040.pt"]
-    assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == names  # no .tmp left behind
+    # no .tmp left behind; each checkpoint with its sha256
+    assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == sorted(names + [n + ".sha256" for n in names])
 
 
 def test_architecture_mismatch_names_the_fields(tmp_path):
@@ -92,7 +94,35 @@ def test_truncated_latest_checkpoint_falls_back_to_the_previous_one(tmp_path, ca
     ckpt = read_checkpoint(tmp_path)
     assert ckpt["step"] == 1 and ckpt["path"] == str(tmp_path / "checkpoints" / "step_0000001.pt")
     err = capsys.readouterr().err
-    assert err.count("\n") == 1 and "cannot read checkpoint" in err and str(latest) in err
-    assert "using the previous checkpoint " + ckpt["path"] in err
-    with pytest.raises(CremaError, match="cannot read checkpoint"):  # a file named explicitly: no fallback
+    assert err.count("\n") == 1 and f"checkpoint {latest} is corrupt" in err  # its sha256 says so first
+    assert "using the previous checkpoint " + ckpt["path"] + " (step 1)" in err
+    with pytest.raises(CremaError, match="is corrupt"):  # a file named explicitly: no fallback
         read_checkpoint(latest)
+    digest_path(latest).unlink()  # a checkpoint without its digest (an older one): read as it is
+    with pytest.raises(CremaError, match="cannot read checkpoint"):
+        read_checkpoint(latest)
+
+
+def test_byte_flipped_checkpoint_is_refused_and_skipped(tmp_path, capsys):
+    """A flipped byte inside a tensor still unpickles (torch.load checks no CRC): the sha256 beside the
+    file catches it, naming the file; a run folder resumes from the newest checkpoint that verifies."""
+    cfg = build_config("tiny")
+    model = build_model(cfg)
+    opt = torch.optim.AdamW(model.parameters())
+    first = save_checkpoint(tmp_path, _state(cfg, model, opt, 1))
+    latest = save_checkpoint(tmp_path, _state(cfg, model, opt, 2))
+    assert digest_path(latest).read_text().strip() == hashlib.sha256(latest.read_bytes()).hexdigest()
+    raw = bytearray(latest.read_bytes())
+    raw[len(raw) // 2] ^= 0x40
+    latest.write_bytes(bytes(raw))
+    with pytest.raises(CremaError) as err:
+        read_checkpoint(latest)
+    assert str(err.value).startswith(f"checkpoint {latest} is corrupt: its sha256")
+    ckpt = read_checkpoint(tmp_path)
+    assert ckpt["step"] == 1 and ckpt["path"] == str(first)
+    msg = capsys.readouterr().err
+    assert f"skipped 1 newer checkpoint(s) (checkpoint {latest} is corrupt" in msg and str(first) in msg
+    for step in (3, 4, 5):  # pruning removes the digests with their checkpoints
+        save_checkpoint(tmp_path, _state(cfg, model, opt, step), keep_last=2)
+    assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == [
+        "step_0000004.pt", "step_0000004.pt.sha256", "step_0000005.pt", "step_0000005.pt.sha256"]
