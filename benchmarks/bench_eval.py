@@ -17,7 +17,8 @@ tokens, H = 4D (``encode_flops`` below).
 CPU (here): the tiny preset, batch 64, ref and sdpa, fp32; triton needs a GPU (CUDA) and is reported as
 skipped. GPU: the base preset, batch 256, ref, sdpa and triton, bf16 autocast.
 Store: ``$CREMA_BENCH_STORE`` if set, else the 500 PTB-XL records of ../shared/data converted once into a
-temporary folder. Rows go to benchmarks/results/eval.jsonl.
+temporary folder. Quick mode (CREMA_BENCH_QUICK=1, ``harness.quick``): 2 repeats, and the embed path over
+the first 64 rows only, batch 32 on the CPU. Rows go to benchmarks/results/eval.jsonl.
 """
 
 from __future__ import annotations
@@ -31,14 +32,16 @@ import numpy as np
 import pytest
 import torch
 
-from harness import cpu_seconds, device_name, peak, print_table, record, summarize
+from harness import cpu_seconds, device_name, peak, print_table, quick, record, summarize
 
 from crema_fast.data.preprocess import preprocess
 from crema_fast.model import CremaModel
 from crema_fast.train.config import build_config
 
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "ptbxl" / "records500"
-REPEAT = 5
+QUICK = quick()
+REPEAT = 2 if QUICK else 5
+EMBED_ROWS = 64 if QUICK else None  # rows the embed path covers (None: every row of the store)
 COLUMNS = ["preset", "attention", "batch", "encode_ecg_s", "embed_ecg_s", "embed_ecg_per_cpu_s", "encode_tflops",
            "x_vs_ref_encode", "x_vs_ref_embed", "note"]
 
@@ -67,7 +70,7 @@ def _sync(device):
 
 def _embed_all(model, reader, cfg, batch, device, amp) -> int:
     """The embed path over every row of the store; returns the rows embedded."""
-    n = len(reader)
+    n = len(reader) if EMBED_ROWS is None else min(len(reader), EMBED_ROWS)
     for k in range(0, n, batch):
         rb = reader.read(np.arange(k, min(n, k + batch)))
         x = preprocess(rb.signals, rb.lead_mask, rb.valid_length, reader.rate, cfg.data, train=False)
@@ -98,7 +101,8 @@ def _sweep(preset: str, batch: int, impls: list[str]) -> list[dict]:
             try:
                 model = CremaModel(cfg.model, cfg.loss, attention=impl).to(device).eval()
             except Exception as err:  # e.g. the kernel missing on this machine: said, not hidden
-                rows.append({"preset": preset, "attention": impl, "batch": batch, "note": str(err).splitlines()[0][:100]})
+                note = str(err).splitlines()[0][:100]
+                rows.append({"preset": preset, "attention": impl, "batch": batch, "note": note})
                 continue
 
             def encode():
@@ -150,7 +154,8 @@ def test_embed_gpu(benchmark):
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="the CPU lane; on a GPU test_embed_gpu runs")
 def test_embed_cpu(benchmark):
-    rows = benchmark.pedantic(_sweep, args=("tiny", 64, ["ref", "sdpa", "triton"]), rounds=1, iterations=1)
+    rows = benchmark.pedantic(_sweep, args=("tiny", 32 if QUICK else 64, ["ref", "sdpa", "triton"]), rounds=1,
+                              iterations=1)
     print_table(f"embedding, tiny preset, fp32, {device_name()}", rows, COLUMNS)
     record("eval", rows)
     assert any("encode_ecg_s" in r for r in rows)

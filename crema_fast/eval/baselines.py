@@ -120,12 +120,10 @@ def probe_task(task: Task, ckpt, *, random_init: bool = False, attention: str = 
     where = enc.meta["checkpoint"]
     report = build_report(metrics, checkpoint=None if random_init else where, store=d["store"],
                           label_set=d["label_set"], split=d["split"], method="linear probe",
-                          encoder=f"random init (seed {seed}), architecture of {where}" if random_init else "pretrained",
+                          encoder=f"random init (seed {seed}), architecture of {where}" if random_init
+                          else "pretrained",
                           rows=d["n"], probe_C=probe.C, probe_val_auroc={str(k): v for k, v in probe.val_auroc.items()})
     return {"report": report, "y_test": y[te], "scores_test": s_te}
-
-
-METHODS = ("pretrained_probe", "random_init_probe", "scratch_supervised", "pretrained_finetune")
 
 
 def compare(task: Task, ckpt, out_dir, *, baselines: bool = True, finetune: bool = False,
@@ -134,7 +132,8 @@ def compare(task: Task, ckpt, out_dir, *, baselines: bool = True, finetune: bool
     """The methods of the module docstring on one task; each report in ``out_dir/<method>/``, the summary
     rows in ``out_dir/comparison.json``. Returns the rows: {method, encoder, macro_auroc, macro_auroc_ci,
     macro_ap, n_test, report} and, for every method after the first, minus_pretrained_probe
-    (``paired_difference`` of its scores and the pretrained probe's). finetune_cfg: the fine-tuning settings (the scratch run's layer_decay is 1)."""
+    (``paired_difference`` of its scores and the pretrained probe's). finetune_cfg: the fine-tuning
+    settings (the scratch run's layer_decay is 1)."""
     import json
 
     from crema_fast.eval.report import write_report

@@ -100,13 +100,6 @@ def predict(model: Classifier, reader, rows: np.ndarray, data_cfg: DataConfig, *
     return np.concatenate(out) if out else np.zeros((0, n_classes), np.float32)
 
 
-def macro_auroc(y: np.ndarray, scores: np.ndarray) -> float:
-    """Mean one-vs-rest AUROC over the classes (scikit-learn's macro average). y (N, C) in {0, 1}."""
-    from sklearn.metrics import roc_auc_score
-
-    return float(roc_auc_score(y, scores, average="macro"))
-
-
 def check_targets(name: str, y: np.ndarray, rows: np.ndarray, n_classes: int | None = None) -> np.ndarray:
     """y as float32 (N, C) matching rows (N,); for validation every class needs both values."""
     y = np.asarray(y, np.float32)

@@ -1,8 +1,9 @@
 """Fine-tuning: the whole SiT encoder with a linear head on its pooled embedding, multi-label BCE.
 
     cfg = FinetuneConfig(epochs=30)
-    tuner = Finetuner(cfg, run_dir, reader, train_rows, y_train, val_rows, y_val, pretrained=ckpt)
-    result = tuner.fit()                              # early stopping on validation macro AUROC
+    tuner = Finetuner(cfg, run_dir, reader, train_rows, y_train, val_rows, y_val,
+                      encoder=pretrained_encoder(ckpt))   # or scratch_encoder("tiny")
+    result = tuner.fit()                                 # early stopping on validation macro AUROC
     scores = predict(tuner.best_model(), reader, test_rows, tuner.data_cfg)   # (N, C) probabilities
 
 The model is ``Classifier``: ``SiT.encode`` (all patches visible, mean over the patch tokens of present
@@ -24,7 +25,7 @@ schedule factor: linear warmup over ``warmup_epochs``, then cosine to ``min_lr /
 layer holds anything worth protecting).
 
 Early stopping: after every epoch the validation macro AUROC (mean over classes of the one-vs-rest
-AUROC, scikit-learn) is computed; the best epoch's weights go to ``<run>/best/``; training stops after
+AUROC, ``metrics.macro_auroc``) is computed; the best epoch's weights go to ``<run>/best/``; training stops after
 ``patience`` epochs without improvement of more than ``min_delta``.
 
 Checkpoints (``crema_fast.train.checkpoint``: atomic, explicit dicts) are written at the end of every
@@ -48,8 +49,8 @@ import torch
 from crema_fast.data.config import DataConfig
 from crema_fast.data.loader import epoch_order
 from crema_fast.errors import ConfigError, CremaError
-from crema_fast.eval.classifier import (Classifier, amp_dtype, batch_tensors, check_targets, llrd_groups,
-                                        macro_auroc, predict)
+from crema_fast.eval.classifier import Classifier, amp_dtype, batch_tensors, check_targets, llrd_groups, predict
+from crema_fast.eval.metrics import macro_auroc
 from crema_fast.model.config import ModelConfig
 from crema_fast.train.checkpoint import read_checkpoint, rng_state, save_checkpoint, set_rng_state
 from crema_fast.train.config import OptimConfig
@@ -199,8 +200,9 @@ class Finetuner:
         self.classes = tuple(classes) or tuple(f"class_{k}" for k in range(n_classes))
         for k, name in enumerate(self.classes):
             if self.y_val[:, k].min() == self.y_val[:, k].max():
-                raise CremaError(f"validation split: class {name!r} has no {'negative' if self.y_val[0, k] else 'positive'} "
-                                 f"among its {len(self.val_rows)} rows; its AUROC (early stopping) is undefined")
+                lacks = "negative" if self.y_val[0, k] else "positive"
+                raise CremaError(f"validation split: class {name!r} has no {lacks} among its {len(self.val_rows)} "
+                                 f"rows; its AUROC (early stopping) is undefined")
         self.encoder, self.data_cfg, self.meta = encoder, encoder.data, dict(meta or {})
         self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
         self.amp = amp_dtype(cfg.amp, self.device)

@@ -105,7 +105,8 @@ def test_paired_difference_is_paired():
     assert d["delta"] == pytest.approx(ea["macro_auroc"] - eb["macro_auroc"])
     assert d["ci"][1] < 0 and d["p_a_not_better"] == 1.0
     assert ea["macro_auroc_ci"][1] > eb["macro_auroc_ci"][0]  # the unpaired intervals overlap
-    diff = bootstrap_macro_auroc(y, worse, n_boot=500, seed=2)[0] - bootstrap_macro_auroc(y, good, n_boot=500, seed=2)[0]
+    boots = [bootstrap_macro_auroc(y, s, n_boot=500, seed=2)[0] for s in (worse, good)]
+    diff = boots[0] - boots[1]
     assert d["ci"] == [float(np.percentile(diff, 2.5)), float(np.percentile(diff, 97.5))]
     same = paired_difference(y, good, good, n_boot=100, seed=0)
     assert same == {"delta": 0.0, "ci": [0.0, 0.0], "p_a_not_better": 1.0}
