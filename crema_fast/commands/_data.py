@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import shutil
 import time
 from pathlib import Path
 
@@ -45,13 +46,21 @@ def resolve_store(data: str, out_root: str | Path, *, convert_now: bool = True) 
         return str(store), "to convert"
     from zarr_store.convert import convert
 
+    made = [p for p in (store.parent, store) if not p.exists()]  # what a failure must not leave behind
     store.parent.mkdir(parents=True, exist_ok=True)
     print(f"converting {src} -> {store}")
     t0 = time.perf_counter()
-    summary = convert([src], store, progress=True)
-    rows = getattr(summary, "rows", None)
-    if not rows:
-        raise CremaError(f"--data: no record of {src} could be converted ({summary})")
+    try:
+        summary = convert([src], store, progress=True)
+        rows = getattr(summary, "rows", None)
+        if not rows:
+            raise CremaError(f"--data: no record of {src} could be converted ({summary})")
+    except Exception:
+        # A conversion that failed on its input (not one killed or interrupted, which resumes) leaves
+        # nothing: an empty stores/ folder or a store without rows would only mislead the next run.
+        for p in reversed(made):
+            shutil.rmtree(p, ignore_errors=True)
+        raise
     done.write_text(json.dumps({"source": str(src.resolve()), "rows": rows,
                                 "seconds": time.perf_counter() - t0}, indent=2) + "\n")
     return str(store), "converted"

@@ -166,6 +166,8 @@ def run(args) -> int:
     from crema_fast.train.engine import Trainer, check_resume_world, setup_distributed
     from crema_fast.train.plots import read_metrics
 
+    if args.out and Path(args.out).exists() and not Path(args.out).is_dir():  # before any conversion
+        raise CremaError(f"--out: expected a run folder (new, or one to write into), got the file {args.out}")
     rank, world, _ = setup_distributed()
     if ckpt is not None:
         check_resume_world(ckpt, world)  # before any conversion or model building

@@ -205,6 +205,14 @@ class RunConfig:
         n = self.mask.n_patches(self.data.crop)  # ConfigError unless crop is a multiple of the patch
         if self.model.n_patches != n:
             raise ConfigError(f"model.n_patches: expected data.crop // mask.patch = {n}, got {self.model.n_patches}")
+        # Errors, not warnings: each silently removes a term of the CR-MAE loss, so a run would train
+        # something else than asked for hours. MaskConfig alone accepts 0 (evaluation masks nothing).
+        if self.mask.ratio == 0:
+            raise ConfigError("mask.ratio: expected a fraction in (0, 1) for pretraining (0 masks no patch: "
+                              "no reconstruction term), got 0.0")
+        if self.train.batch_size < 2 and self.loss.lam > 0:
+            raise ConfigError(f"train.batch_size: expected >= 2 (the contrastive term's negatives are the batch's "
+                              f"other ECGs; set loss.lam=0 to train without it), got {self.train.batch_size}")
 
     # Derived values, computed in one place.
     def micro_batch(self, world_size: int = 1) -> int:

@@ -45,3 +45,19 @@ def test_no_command_module_or_conversion_below_the_command_layer(folder):
         if folder.startswith("crema_fast/"):
             bad |= {n for n in names if n.startswith("zarr_store.convert")}
         assert not bad, f"{path.relative_to(REPO)} imports {sorted(bad)}"
+
+
+@pytest.mark.parametrize("kind", ["no records", "only bad records"])
+def test_failed_conversion_leaves_nothing(tmp_path, kind):
+    """A --data folder that converts to nothing raises one error and leaves no stores/ folder (nor a
+    store without rows) behind."""
+    from crema_fast.errors import CremaError
+    from zarr_store.errors import StoreError
+
+    src = tmp_path / "src"
+    src.mkdir()
+    if kind == "only bad records":
+        (src / "a.hea").write_text("a 12 500 5000\nnot a signal line\n")
+    with pytest.raises((CremaError, StoreError), match="--data: no record|no WFDB|no record|no .hea"):
+        resolve_store(str(src), tmp_path / "runs")
+    assert not (tmp_path / "runs" / "stores").exists()

@@ -139,3 +139,50 @@ def test_loss_flag_selects_the_fused_loss(capsys):
     out = capsys.readouterr().out
     train = json.loads(out[: out.index("parameters:")])["train"]
     assert (train["loss"], train["attention"]) == ("triton", "ref")
+
+
+@pytest.mark.parametrize("sets, named", [
+    (["train.bogus=1"], "train: unknown fields ['bogus']"),
+    (["optim.lr=nan"], "optim.lr: expected a number, got 'nan'"),
+    (["loss.tau=nan"], "loss.tau: expected a number"),
+    (["train.batch_size=0"], "train.batch_size: expected an int >= 1, got 0"),
+    (["train.steps=-5"], "train.steps: expected an int >= 1, got -5"),
+    (["data.crop=0"], "DataConfig.crop: expected a positive int"),
+    (["mask.ratio=0"], "mask.ratio: expected a fraction in (0, 1) for pretraining"),
+    (["mask.ratio=1"], "MaskConfig.ratio: expected a fraction in [0, 1), got 1.0"),
+    (["mask.patch=77", "model.patch=77"], "crop: expected a positive multiple of MaskConfig.patch=77"),
+    (["train.batch_size=1"], "train.batch_size: expected >= 2 (the contrastive term's negatives"),
+])
+def test_cli_misuse_is_one_line_before_any_work(sets, named, tmp_path, monkeypatch, capsys):
+    """Each misuse exits 2 with one line naming the field, before anything is converted or written."""
+    monkeypatch.chdir(tmp_path)
+    assert main(["pretrain", "--no-progress", "--set", *sets]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and named in err, err
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_batch_of_one_without_the_contrastive_term_is_allowed():
+    cfg = build_config("tiny", sets=["train.batch_size=1", "loss.lam=0"])
+    assert cfg.train.batch_size == 1
+
+
+def test_out_onto_a_file_and_a_store_of_one_row(tmp_path, monkeypatch, capsys):
+    from zarr_store.convert import convert
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "afile").write_text("x")
+    assert main(["pretrain", "--no-progress", "--out", "afile"]) == 2
+    err = capsys.readouterr().err
+    assert err == "crema-fast pretrain: error: --out: expected a run folder (new, or one to write into), got the file afile\n"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["afile"]  # nothing converted
+    src = tmp_path / "one"
+    src.mkdir()
+    demo = Path(__file__).resolve().parents[2] / "crema_fast" / "demo_data" / "records500" / "00000"
+    for f in demo.glob("00001_hr.*"):
+        (src / f.name).write_bytes(f.read_bytes())
+    convert([src], tmp_path / "one.zarr", progress=False)
+    assert main(["pretrain", "--no-progress", "--data", "one.zarr", "--set", "train.batch_size=2",
+                 "--out", "r"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "too few records for a batch of 2" in err, err
