@@ -25,8 +25,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     init = parser.add_mutually_exclusive_group()
     init.add_argument("--ckpt", help="a pretraining checkpoint (a .pt file or a run folder: its latest)")
     init.add_argument("--from-scratch", action="store_true", help="a randomly initialised encoder of --preset")
-    parser.add_argument("--preset", default="tiny", choices=("tiny", "small", "base"),
-                        help="the architecture for --from-scratch (default tiny)")
+    parser.add_argument("--preset", choices=("tiny", "small", "base"),
+                        help="the architecture for --from-scratch (default tiny); with --ckpt, the checkpoint "
+                             "must be of this preset")
     add_task_arguments(parser)
     parser.add_argument("--out", required=True, metavar="RUN_DIR", help="the run folder (checkpoints, report)")
     parser.add_argument("--resume", action="store_true", help="continue the run in RUN_DIR with its saved settings")
@@ -69,6 +70,16 @@ def finetune_config(args: argparse.Namespace, *, scratch: bool):
     return FinetuneConfig(**fields, seed=args.seed, attention=args.attention)
 
 
+def check_preset(encoder, preset: str) -> None:
+    """CremaError naming the fields on which the checkpoint's architecture differs from ``preset``'s."""
+    from crema_fast.errors import CremaError
+    from crema_fast.train.config import arch_mismatch, build_config
+
+    diff = arch_mismatch(encoder.model, build_config(preset).model)
+    if diff:
+        raise CremaError(f"--ckpt {encoder.source} is not a {preset!r} model (checkpoint vs preset): " + "; ".join(diff))
+
+
 def run(args: argparse.Namespace) -> int:
     from crema_fast.errors import CremaError
     from crema_fast.eval.baselines import Task, finetune_task
@@ -86,7 +97,9 @@ def run(args: argparse.Namespace) -> int:
             raise FileExistsError(f"--out {out} already holds a fine-tuning run: add --resume, or name another --out")
         if not args.ckpt and not args.from_scratch:
             raise CremaError("finetune: expected --ckpt CKPT or --from-scratch (or --resume)")
-        encoder = scratch_encoder(args.preset) if args.from_scratch else pretrained_encoder(args.ckpt)
+        encoder = scratch_encoder(args.preset or "tiny") if args.from_scratch else pretrained_encoder(args.ckpt)
+        if args.ckpt and args.preset:
+            check_preset(encoder, args.preset)
     task = Task.from_store(args.store, args.labels, csv=args.labels_csv, scp_statements=args.scp_statements,
                            seed=args.split_seed)
     cfg = finetune_config(args, scratch=encoder.state is None)

@@ -156,3 +156,18 @@ def test_finetune_command_end_to_end(ptbxl_store, scp_statements, tmp_path, caps
     assert "already holds a fine-tuning run" in capsys.readouterr().err
     assert main(["finetune", ptbxl_store, "--out", str(tmp_path / "other")]) == 2
     assert "expected --ckpt CKPT or --from-scratch" in capsys.readouterr().err
+
+
+def test_finetune_command_checkpoint_of_another_preset(tmp_path, capsys):
+    """--ckpt of a tiny model with --preset small: one line naming the fields, before any data is read."""
+    from crema_fast.cli import main
+    from crema_fast.model import CremaModel
+    from crema_fast.train.config import build_config
+
+    cfg = build_config("tiny")
+    save_checkpoint(tmp_path / "pre", {"step": 0, "model": CremaModel(cfg.model, cfg.loss).state_dict(),
+                                       "optimizer": {}, "scheduler": {}, "config": cfg.to_dict()})
+    assert main(["finetune", str(tmp_path / "no-store"), "--ckpt", str(tmp_path / "pre"), "--preset", "small",
+                 "--out", str(tmp_path / "ft")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "is not a 'small' model" in err and "model.dim: 64 vs 384" in err
