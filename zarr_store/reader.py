@@ -88,12 +88,19 @@ class StoreReader:
             self.store = self.store.removeprefix("file://")
         self._reset()
         group_meta = self._read_json("zarr.json")
-        if group_meta is None or group_meta.get("zarr_format") != 3 or group_meta.get("node_type") != "group":
-            raise BadArgumentError(f"store: expected a Zarr v3 group with a {SIGNALS!r} array, got {self.store!r}")
+        if group_meta is None and not self._url and not os.path.exists(self.store):
+            raise BadArgumentError(f"store {self.store}: no such file or folder")
+        if group_meta is None:
+            raise BadArgumentError(f"store {self.store}: expected a Zarr v3 group with a {SIGNALS!r} array, got "
+                                   f"no {os.path.join(self.store, 'zarr.json') if not self._url else 'zarr.json'}")
+        if group_meta.get("zarr_format") != 3 or group_meta.get("node_type") != "group":
+            raise BadArgumentError(f"store {self.store}: expected a Zarr v3 group with a {SIGNALS!r} array, got "
+                                   f"zarr_format={group_meta.get('zarr_format')!r} "
+                                   f"node_type={group_meta.get('node_type')!r} in its zarr.json")
         self.attrs: dict = group_meta.get("attributes", {})
         meta = self._read_json(f"{SIGNALS}/zarr.json")
         if meta is None:
-            raise BadArgumentError(f"store: no {SIGNALS!r} array in {self.store!r}")
+            raise BadArgumentError(f"store {self.store}: no {SIGNALS!r} array (no {SIGNALS}/zarr.json)")
         self.shape = tuple(int(s) for s in meta["shape"])
         self.dtype = np.dtype(meta["data_type"])
         layout, reason = parse_shard_layout(SIGNALS, meta) if mode != "zarr" else (None, "mode='zarr'")

@@ -1,7 +1,9 @@
 """``crema-fast info STORE``: what a store holds — counts, sources, rate, window, lead coverage, labels,
 patients, size on disk, compression ratio and the conversion's quarantine report.
 
-``describe(store) -> dict`` gathers the facts (tests and tools use it); ``run`` prints them. Labels
+``describe(store) -> dict`` gathers the facts (tests and tools use it); ``run`` prints them. ``--verify``
+also reads every shard index and chunk (zarr_store.verify: crc32c, truncation, missing files) and every
+metadata array, lists bad ones by file and rows, and exits 1 when any is bad. Labels
 are counted once per record (its first window): PTB-XL's ``scp_codes`` are dict literals whose keys
 are the codes, CinC's ``Dx`` are comma-separated SNOMED codes.
 """
@@ -28,6 +30,8 @@ def add_arguments(parser) -> None:
     parser.add_argument("store", help="the store: a local path or an fsspec URL (memory://, s3://, ...)")
     parser.add_argument("--top", type=int, default=15, help="labels to list (default 15)")
     parser.add_argument("--json", action="store_true", help="print the facts as one JSON object")
+    parser.add_argument("--verify", action="store_true",
+                        help="also read every shard index and chunk (checksums, truncation); exit 1 when any is bad")
 
 
 def parse_labels(text: str) -> list[str]:
@@ -204,5 +208,21 @@ def run(args) -> int:
     if args.top < 0:
         raise BadArgumentError(f"--top: expected a count >= 0, got {args.top}")
     facts = describe(args.store, top=args.top)
-    print(json.dumps(facts, indent=2) if args.json else format_facts(facts))
-    return 0
+    if not args.verify:
+        print(json.dumps(facts, indent=2) if args.json else format_facts(facts))
+        return 0
+    from zarr_store.verify import verify_store
+
+    v = verify_store(args.store)
+    facts["verify"] = {"ok": v.ok, "shards": v.shards, "chunks": v.chunks, "arrays": v.arrays,
+                       "chunk_crc32c": v.chunk_crc,
+                       "problems": [{"file": p.file, "rows": list(p.rows), "reason": p.reason} for p in v.problems]}
+    print(json.dumps(facts, indent=2) if args.json else format_facts(facts) + "\n" + format_verify(v))
+    return 0 if v.ok else 1
+
+
+def format_verify(v) -> str:
+    crc = "each chunk's crc32c checked" if v.chunk_crc else "chunks without crc32c (older store): decoded only"
+    head = (f"verify      {v.shards} shard file(s), {v.chunks:,} chunks, {v.arrays} metadata arrays read; {crc}: "
+            + ("all good" if v.ok else f"{len(v.problems)} bad"))
+    return "\n".join([head] + [f"  BAD       {p}" for p in v.problems])

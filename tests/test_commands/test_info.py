@@ -4,6 +4,8 @@ PTB-XL database file, the converter's summary and the files on disk."""
 from __future__ import annotations
 
 import ast
+import json
+import shutil
 from collections import Counter
 from pathlib import Path
 
@@ -145,3 +147,36 @@ def test_memory_store():
     f = describe("memory://test_info/s.zarr")
     assert (f["rows"], f["records"], f["rate"]) == (3, 3, 250)
     assert f["signal_bytes"] > 0 and f["bytes_on_disk"] > f["signal_bytes"]
+
+
+def test_info_on_a_missing_path_says_so(tmp_path, capsys):
+    assert main(["info", str(tmp_path / "nope.zarr")]) == 2
+    assert capsys.readouterr().err == f"crema-fast info: error: store {tmp_path}/nope.zarr: no such file or folder\n"
+
+
+def test_info_verify_reports_bad_shards_by_file_and_rows(converted, tmp_path, capsys):
+    """A healthy store verifies (exit 0); a truncated shard file, a flipped byte in a chunk and a missing
+    shard file are each listed with their file and rows (exit 1), where plain info saw nothing wrong."""
+    store, _, ids = converted
+    assert main(["info", "--verify", str(store)]) == 0
+    out = capsys.readouterr().out
+    assert f"verify      2 shard file(s), {len(ids)} chunks" in out and "crc32c checked: all good" in out
+    bad = tmp_path / "bad.zarr"
+    shutil.copytree(store, bad)
+    shard0, shard1 = bad / "signals" / "c" / "0" / "0" / "0", bad / "signals" / "c" / "1" / "0" / "0"
+    raw = bytearray(shard0.read_bytes())
+    raw[100] ^= 0x01  # inside chunk 0 (row 0)
+    shard0.write_bytes(bytes(raw))
+    shard1.write_bytes(shard1.read_bytes()[:-1000])  # cut short: its index is gone
+    assert main(["info", str(bad)]) == 0  # plain info reads no chunk
+    capsys.readouterr()
+    assert main(["info", "--verify", "--json", str(bad)]) == 1
+    v = json.loads(capsys.readouterr().out)["verify"]
+    assert not v["ok"] and [(p["file"], p["rows"]) for p in v["problems"]] == [
+        (str(shard0), [0, 0]), (str(shard1), [16, len(ids) - 1])]
+    assert "crc32c mismatch" in v["problems"][0]["reason"]
+    assert "shard index crc32c mismatch" in v["problems"][1]["reason"]
+    shard1.unlink()
+    assert main(["info", "--verify", str(bad)]) == 1
+    out = capsys.readouterr().out
+    assert f"BAD       {shard1} (rows 16..{len(ids) - 1}): missing shard file" in out

@@ -182,7 +182,9 @@ def test_memory_store(ptbxl_signals):
 def test_not_a_store(tmp_path):
     with pytest.raises(BadArgumentError, match="Zarr v3 group"):
         StoreReader(tmp_path)
-    with pytest.raises(BadArgumentError, match="Zarr v3 group"):
+    with pytest.raises(BadArgumentError, match=f"got no {tmp_path}/zarr.json"):
+        StoreReader(tmp_path)
+    with pytest.raises(BadArgumentError, match=f"store {tmp_path}/missing: no such file or folder"):
         StoreReader(tmp_path / "missing")
     with pytest.raises(BadArgumentError, match="mode"):
         StoreReader(tmp_path, mode="fast")
