@@ -200,3 +200,13 @@ def test_overwrite_replaces_the_store(tmp_path):
     assert len(StoreReader(out)) == 20
     assert S.main(["30", str(out), "--overwrite", "--quiet", "--sources", *SOURCES, "--max-sources", "3"]) == 0
     assert len(StoreReader(out)) == 30 and not list(tmp_path.glob(".tmp-*"))
+
+
+def test_fsspec_store_matches_a_local_one(tmp_path):
+    url = "memory://synth-test/a.zarr"
+    assert _make(url, 600, max_sources=3, workers=2)["workers"] == 1  # memory:// lives in this process
+    local = tmp_path / "b.zarr"
+    _make(local, 600, max_sources=3)
+    np.testing.assert_array_equal(StoreReader(url).read_signals(np.arange(600)), _signals(local))
+    with pytest.raises(BadArgumentError, match="OUT .*already exists"):
+        _make(url, 10)
