@@ -15,8 +15,10 @@ How a conversion runs (each step restartable):
    killed at any moment ends, once re-run, with the same bytes as an uninterrupted run.
    In-process (workers=1) inspection and shard writing are interleaved: a shard is written as soon as
    its rows are known, while the samples inspection read are still in memory (each file read once).
-   With workers > 1 (local processes) or ``dask`` (a cluster), inspection runs in parallel first, then
-   the shard tasks, in any order; no two tasks share a file, so no locks.
+   With workers > 1 (local processes) or ``dask`` (a cluster), rows are assigned from records
+   predicted from their headers and file sizes, and each shard task inspects its records as it
+   reads them, writing its shard only when they are as predicted (zarr_store.plan): each file is
+   read once there too, tasks run in any order, no two share a file, so no locks.
 4. Metadata arrays get their rows (zarr_store.meta_io), then ``signals`` grows (its shape is the
    store's row count); provenance is appended to the group's ``conversions`` attribute; the report
    (``STORE/_convert/quarantine.json``, named by the ``quarantine`` attribute) is updated; markers

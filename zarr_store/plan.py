@@ -5,17 +5,33 @@
 higher-rate file is converted too or already stored. ``Plan`` then assigns rows in record order as
 inspections arrive and hands out each shard's task as soon as its rows are known; ``run_streaming``
 (in-process) and ``run_parallel`` (processes, Dask) run them.
+
+The parallel path reads each record once: rows are assigned from *predicted* records
+(``predict_record``: the header and the signal files' sizes, ~15 µs a record, in this process), and
+each shard task inspects its records as it reads them and writes its shard only when every
+inspection agrees (tasks.run_checked_task). A record the prediction got wrong (flat or all no-data
+samples, a read error: known only from the samples) stops new tasks; once the running ones are back
+the rows are assigned again with what the tasks found, and only the shards whose content changed
+are written again. Inspecting everything first (the earlier design) read every record twice and
+held the shard tasks back until all inspections were in: two workers reached 1.3x one core.
 """
 
 from __future__ import annotations
 
 import bisect
+import math
+import os
+from collections import deque
 from dataclasses import dataclass
 
-from zarr_store.records import N_LEADS, BadRecord, PlannedRecord, inspect_record, release_cache
+from zarr_store import sources, wfdb_io
+from zarr_store.paths import is_url
+from zarr_store.records import (N_LEADS, BadRecord, PlannedRecord, _lead_plan, inspect_record, n_resampled,
+                                release_cache, windows_of)
 from zarr_store.runner import Runner
+from zarr_store.shard_writer import StoreIO
 from zarr_store.sources import Located, SourceTree
-from zarr_store.tasks import ShardStream, ShardTask, run_shard_task
+from zarr_store.tasks import ShardStream, ShardTask, agrees, run_checked_task, run_shard_task
 
 ALREADY = "already in store"
 DUPLICATE = "duplicate (same ecg_id at another rate)"
@@ -86,11 +102,6 @@ def _higher_rate(loc: Located, table_names: dict, seen: set) -> str | None:
     return None
 
 
-def inspect_batch(args) -> list:
-    source, root, names, rate, window, min_seconds = args
-    return [inspect_record(source, root, name, rate, window, min_seconds) for name in names]
-
-
 class Plan:
     """Rows assigned in record order as inspections arrive; hands out each shard's task as soon as
     every row of the shard is assigned. A shard whose marker exists with the same task digest is
@@ -107,6 +118,13 @@ class Plan:
         self.next_shard = start // opts.shard_size
         self.results: list[dict] = []
         self.written = self.resumed = 0
+        self.task_first: dict[int, int] = {}  # shard -> index in ``records`` of its task's first record
+
+    def reset(self) -> None:
+        """Forget every row assigned (run_parallel assigns them again after a wrong prediction)."""
+        self.records, self.sources, self.record_ids, self.first_rows, self.bad = [], [], [], [], []
+        self.next_row, self.next_shard = self.start, self.start // self.opts.shard_size
+        self.task_first = {}
 
     def add(self, r: PlannedRecord | BadRecord) -> PlannedRecord | None:
         if isinstance(r, BadRecord):
@@ -132,6 +150,7 @@ class Plan:
             lo, hi = k * size, min((k + 1) * size, self.next_row)
             a = max(bisect.bisect_right(self.first_rows, lo) - 1, 0)
             b = bisect.bisect_left(self.first_rows, hi)
+            self.task_first[k] = a
             tasks.append(ShardTask(self.url, self.conv_id, k, size, lo, hi, self.start, self.opts.rate,
                                    self.opts.window, self.opts.codec, tuple(self.records[a:b]),
                                    tuple(self.first_rows[a:b])))
@@ -220,20 +239,149 @@ def _run_one(plan: Plan, task: ShardTask, done: dict, bar, stream: ShardStream) 
             release_cache(r.path)
 
 
-def run_parallel(plan: Plan, batches, done: dict, bar, runner: Runner) -> None:
-    """Inspect everything in parallel, then run the shard tasks in parallel (any order)."""
-    for results in runner.map(inspect_batch, batches):
-        for r in results:
-            if plan.add(r) is None:
-                bar.update(1)
-    tasks = plan.ready(final=True)
-    todo = []
-    for task in tasks:
-        if plan.is_done(task, done):
-            bar.update(_records_ending(task))
+def predict_record(source: int, root: str, name: str, rate: int, window: int,
+                   min_seconds: float) -> tuple[PlannedRecord | BadRecord, bool]:
+    """(result, confirmed): the PlannedRecord that inspection will make of a record whose samples
+    turn out fine, from its header and (local files) its signal files' sizes only; equal field for
+    field, since it is the same code short of reading the samples. Records it cannot predict (a
+    bad or missing header or file, no standard leads, too short, formats read through wfdb) are
+    inspected here, in full: the result is then confirmed."""
+    path = os.path.join(root, name)
+    try:
+        header = wfdb_io.read_header(path + ".hea")
+        if header.numpy_readable and header.fs > 0:
+            if header.sig_len and is_url(path):  # a stat per file is a request on object storage
+                n = header.sig_len
+            else:
+                n = wfdb_io.check_files(header, os.path.dirname(path))
+            lead_idx, dropped, inverted, sel = _lead_plan(header.facts.descriptions)
+            min_samples = math.ceil(min_seconds * rate)
+            n_out = n if header.fs == rate else n_resampled(n, header.fs, rate)
+            if n and len(sel) and n_out >= min_samples:
+                n_windows = windows_of(n_out, window, min_samples)
+                meta = sources.comment_meta(header.comments) if header.comments else sources.RecordMeta()
+                return PlannedRecord(source, name, path, float(header.fs), int(n), int(n_out), int(n_windows),
+                                     lead_idx, dropped, inverted, False, meta.age, meta.sex, meta.labels,
+                                     meta.strat_fold, meta.patient_id), False
+    except Exception:  # inspect_record names it
+        pass
+    return inspect_record(source, root, name, rate, window, min_seconds), True
+
+
+def predict_batch(args) -> list[tuple[PlannedRecord | BadRecord, bool]]:
+    source, root, names, rate, window, min_seconds = args
+    return [predict_record(source, root, name, rate, window, min_seconds) for name in names]
+
+
+def _predictions(batches, runner: Runner):
+    """(result, confirmed) per record in record order: predicted here for local sources (cheaper
+    than sending them out), by the workers for fsspec URLs (a request per header)."""
+    futures = deque()
+    for b in batches:
+        if is_url(b[1]) and runner.parallel:
+            futures.append(runner.submit(predict_batch, b))
         else:
-            todo.append(task)
-    ending = {t.shard: _records_ending(t) for t in todo}
-    for result in runner.as_completed(run_shard_task, todo):
-        plan.finished(result)
-        bar.update(ending[result["shard"]])
+            futures.append(b)
+    for f in futures:
+        yield from predict_batch(f) if isinstance(f, tuple) else f.result()
+
+
+INFLIGHT = 2  # shard tasks submitted per worker: one running, one waiting in its queue
+
+
+def run_parallel(plan: Plan, batches, done: dict, bar, runner: Runner) -> None:
+    """Shard tasks over predicted rows (see the module docstring), submitted in shard order as
+    their rows are known, up to INFLIGHT per worker; each checks its records (tasks.run_checked_task).
+    ``done``: markers of shards an earlier run wrote, trusted when their digest matches."""
+    opts = plan.opts
+    entries: list[list] = []  # per record, in record order: [result, confirmed]
+    plan_entry: list[int] = []  # plan.records[i] is entries[plan_entry[i]]
+    written = {k: (m, True) for k, m in done.items()}  # shard -> (marker, from an earlier run)
+    used: dict[int, tuple[dict, bool]] = {}  # the same, for the shards of the rows as now assigned
+    ending: dict[int, int] = {}  # shard -> records ending in it (progress)
+    inflight: dict = {}  # future -> (task, index of its first record in plan.records)
+    queue: deque = deque()  # (task, that index), ready to submit
+    feed = _predictions(batches, runner)
+    limit = INFLIGHT * max(runner.workers, 1)
+    state = {"shown": 0, "finished": 0}
+    replan = exhausted = False
+
+    def progress() -> None:
+        now = state["finished"] + len(plan.bad)
+        if now > state["shown"]:  # after a new assignment of rows the count restarts: never down
+            bar.update(now - state["shown"])
+            state["shown"] = now
+
+    def take(tasks) -> None:
+        for task in tasks:
+            ending[task.shard] = _records_ending(task)
+            have = written.get(task.shard)
+            if have is not None and have[0].get("digest") == task.digest:
+                used[task.shard] = have
+                state["finished"] += ending[task.shard]
+            else:
+                queue.append((task, plan.task_first[task.shard]))
+        progress()
+
+    def assign() -> None:
+        """Rows again, from scratch, with what the tasks found."""
+        plan.reset()
+        plan_entry.clear()
+        for k, (result, _) in enumerate(entries):
+            if plan.add(result) is not None:
+                plan_entry.append(k)
+
+    while True:
+        while not replan and len(inflight) < limit:
+            if queue:
+                task, a = queue.popleft()
+                inflight[runner.submit(run_checked_task, (task, opts.min_seconds))] = (task, a)
+            elif exhausted:
+                break
+            else:
+                for item in feed:  # predict until the next shard's rows are known
+                    entries.append(list(item))
+                    if plan.add(item[0]) is not None:
+                        plan_entry.append(len(entries) - 1)
+                    tasks = plan.ready()
+                    if tasks:
+                        take(tasks)
+                        break
+                else:
+                    exhausted = True
+                    take(plan.ready(final=True))
+        if not inflight:
+            if not replan:
+                break
+            replan = False
+            assign()
+            used.clear()
+            ending.clear()
+            state["finished"] = 0
+            take(plan.ready(final=exhausted))
+            continue
+        for fut in runner.wait_first(inflight):
+            task, a = inflight.pop(fut)
+            result = fut.result()
+            for k, real in enumerate(result["inspected"]):
+                entry = entries[plan_entry[a + k]]
+                if not entry[1]:
+                    replan |= not agrees(entry[0], real)
+                    entry[0], entry[1] = real, True
+            if result["marker"] is not None:
+                written[task.shard] = (result["marker"], False)
+                if not replan:  # else kept for the new rows if its digest still matches
+                    used[task.shard] = written[task.shard]
+                    state["finished"] += ending[task.shard]
+                    progress()
+    assign()  # the records as inspected (a resumed shard's were inspected when it was written)
+    assert len(used) == len(ending), "every shard of the rows is written"
+    n_shards = -(-plan.next_row // opts.shard_size)
+    io = StoreIO(plan.url)
+    for k in written:
+        if k >= n_shards:  # rows a wrong prediction shifted past the end: not the store's
+            io.remove_tree(f"signals/c/{k}/0/0")
+            io.remove_tree(f"_convert/{plan.conv_id}/shard-{k}.json")
+    plan.results = [used[k][0] for k in sorted(used)]
+    plan.resumed = sum(1 for _, old in used.values() if old)
+    plan.written = len(used) - plan.resumed

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from zarr_store.errors import CorruptChunkError
-from zarr_store.records import N_LEADS, PlannedRecord, record_signal
+from zarr_store.records import N_LEADS, BadRecord, PlannedRecord, inspect_record, record_signal, release_cache
 from zarr_store.shard_writer import ChunkCodec, ChunkEncoder, ShardFile, StoreIO, split_shard
 
 
@@ -79,6 +79,62 @@ def run_shard_task(task: ShardTask, on_rows=None) -> dict:
     if task.records and task.first_rows[-1] + task.records[-1].n_windows <= task.row_end:
         _LAST[:] = [None, None, None]  # no later shard needs the last record
     return _marker(io, task, clipped, invalid)
+
+
+def agrees(predicted: PlannedRecord, real: PlannedRecord | BadRecord) -> bool:
+    """True when inspection found the rows the prediction assigned (zarr_store.plan.predict_record):
+    a good record of the same frame and row counts."""
+    return (isinstance(real, PlannedRecord) and real.path == predicted.path and real.n == predicted.n
+            and real.n_windows == predicted.n_windows)
+
+
+def run_checked_task(args: tuple[ShardTask, float]) -> dict:
+    """The parallel converter's shard task (``args``: the task, the shortest record kept in
+    seconds). Its rows were assigned from predicted records (plan.predict_record: headers and file
+    sizes only), so each record is inspected here as it is read (records.inspect_record, the
+    in-process converter's check), then encoded at once from the same samples: each signal file is
+    read once (twice for a record whose rows straddle two shards). When an inspection disagrees
+    with the prediction (a flat or all-NaN record, a file that fails to read) no shard is written
+    (its temporary file goes); the rest of the task's records are still inspected, without being
+    encoded, so that the planner learns every fact at once. Returns ``{"marker": the marker (None
+    when not written), "inspected": the inspection result of each of task.records}``."""
+    task, min_seconds = args
+    io = StoreIO(task.url)
+    encoder = _encoder(task.codec, task.window)
+    base = task.shard * task.shard_size
+    lo = max(task.row_start, task.first_new)
+    inspected, ok, clipped, invalid = [], True, 0, 0
+    out = np.empty((N_LEADS, 0), dtype=np.int16)
+    shard = _open_shard(io, task.key, task.shard_size, base, task.first_new)
+    try:
+        for rec, first in zip(task.records, task.first_rows):
+            root = rec.path[: len(rec.path) - len(rec.record_id) - 1]
+            real = inspect_record(rec.source, root, rec.record_id, task.rate, task.window, min_seconds, keep=ok)
+            inspected.append(real)
+            if not ok:
+                continue
+            if not agrees(rec, real):
+                ok = False
+                shard.abort()
+                release_cache()
+                continue
+            if out.shape[1] != real.n_out:
+                out = np.empty((N_LEADS, real.n_out), dtype=np.int16)
+            signal, stats = record_signal(real, task.rate, out=out)
+            release_cache(real.path)
+            j0, j1 = max(lo - first, 0), min(task.row_end - first, real.n_windows)
+            for j in range(j0, j1):
+                shard.put(first + j - base, encoder.encode(_window(signal, j, task.window)))
+            if j1 == real.n_windows:  # a record's samples count once, in the shard holding its last row
+                clipped += stats.clipped
+                invalid += stats.invalid
+        if ok:
+            shard.commit()
+    except BaseException:
+        shard.abort()
+        release_cache()
+        raise
+    return {"marker": _marker(io, task, clipped, invalid) if ok else None, "inspected": inspected}
 
 
 class ShardStream:

@@ -1,0 +1,135 @@
+"""The parallel converter (zarr_store.plan.run_parallel, tasks.run_checked_task): rows from predicted
+records, each record read and encoded once, wrong predictions (flat, all-NaN records) repaired, the
+same store as in-process, resumable after a SIGKILL."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from tests.test_zarr_store.archives import BAD_KINDS, assert_same_arrays, load, write_archive, write_record
+from zarr_store.convert import REPORT_KEY, convert
+
+REPO = Path(__file__).resolve().parents[2]
+HEADER_KINDS = ("truncated", "missing signal file", "malformed header", "too short", "missing header",
+                "no standard leads", "unreadable")  # found from headers and file sizes: predicted
+
+
+def _archive_with_flats(root: Path, n: int = 30):
+    """``n`` good records, one of every bad kind (before them in record order), and a flat and an
+    all-NaN record among the good ones: wrong predictions early and in the middle."""
+    arch = write_archive(root, n=n, fs=250, seconds=10.0, bad=BAD_KINDS)
+    write_record(root, "good007_flat", np.full((2500, 12), 0.25), 250)
+    write_record(root, "good019_flat", np.full((2500, 12), -1.0), 250)
+    names = sorted([*arch.good, *arch.bad, "good007_flat", "good019_flat"])
+    (root / "RECORDS").write_text("".join(f"{r}\n" for r in names))
+    return arch
+
+
+def _files(store: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(store)): p.read_bytes() for p in sorted((store / "signals").rglob("*")) if p.is_file()}
+
+
+def _reasons(store: Path) -> list:
+    report = json.loads((store / REPORT_KEY).read_text())
+    return sorted((r["record_id"], r["reason"], r["detail"]) for r in report["records"])
+
+
+@pytest.mark.parametrize("shard_size", [4, 7])
+def test_wrong_predictions_give_the_in_process_store(tmp_path, shard_size):
+    """Flat and all-NaN records shift every later row after their shard task reports them: the store
+    (arrays, every file under signals/, nothing past the end), summary and report equal in-process."""
+    arch = _archive_with_flats(tmp_path / "arch")
+    one = convert([arch.root], tmp_path / "one.zarr", progress=False, shard_size=shard_size)
+    two = convert([arch.root], tmp_path / "two.zarr", progress=False, shard_size=shard_size, workers=2)
+    assert one.converted == two.converted == 30 and one.rows == two.rows == 30
+    assert two.skipped == one.skipped and one.skipped["flat"] == 3 and one.skipped["all-NaN"] == 1
+    assert two.shards_written == one.shards_written == -(-30 // shard_size)
+    assert two.leads_present == one.leads_present and two.clipped_samples == one.clipped_samples
+    assert_same_arrays(load(tmp_path / "one.zarr"), load(tmp_path / "two.zarr"))
+    assert _files(tmp_path / "one.zarr") == _files(tmp_path / "two.zarr")
+    assert _reasons(tmp_path / "one.zarr") == _reasons(tmp_path / "two.zarr")
+    assert not list((tmp_path / "two.zarr" / "_convert").glob("*/shard-*.json"))
+
+
+def test_each_record_read_and_encoded_once(tmp_path, monkeypatch):
+    """With bad records that headers and file sizes reveal, the parallel path (its tasks run here:
+    the pool replaced by in-process calls, so the counts are visible) reads each good record's signal
+    file once and encodes each row once; the planner reads headers only."""
+    import zarr_store.runner as runner
+    import zarr_store.shard_writer as sw
+    import zarr_store.wfdb_io as wfdb_io
+
+    arch = write_archive(tmp_path / "arch", n=13, fs=500, seconds=10.0, bad=HEADER_KINDS)
+    monkeypatch.setattr(runner.Runner, "__enter__", lambda self: self)  # workers=2, no pool: in-process
+    reads, encodes = [], []
+    real_read, real_encode = wfdb_io.read_digital, sw.ChunkEncoder.encode
+    monkeypatch.setattr(wfdb_io, "read_digital", lambda h, *a, **k: reads.append(h.name) or real_read(h, *a, **k))
+    monkeypatch.setattr(sw.ChunkEncoder, "encode", lambda self, c: encodes.append(1) or real_encode(self, c))
+    got = convert([arch.root], tmp_path / "s.zarr", progress=False, shard_size=4, workers=2)
+    # the bad records the planner inspects in full ("truncated") read their file there, once
+    assert sorted(r for r in reads if r.startswith("good")) == arch.good
+    assert len(encodes) == got.rows == 13
+    monkeypatch.undo()
+    ref = convert([arch.root], tmp_path / "ref.zarr", progress=False, shard_size=4)
+    assert got.skipped == ref.skipped and len(got.skipped) == len(HEADER_KINDS)
+    assert_same_arrays(load(tmp_path / "s.zarr"), load(tmp_path / "ref.zarr"))
+    assert _files(tmp_path / "s.zarr") == _files(tmp_path / "ref.zarr")
+
+
+def test_append_with_workers_equals_in_process(tmp_path):
+    """A second archive appended by worker processes: the shard holding old and new rows is rebuilt
+    from the old chunks, as in-process."""
+    a = write_archive(tmp_path / "a", n=6, fs=500, bad=())
+    b = _archive_with_flats(tmp_path / "b", n=9)
+    for name, workers in (("one", 1), ("two", 2)):
+        convert([a.root], tmp_path / f"{name}.zarr", progress=False, shard_size=4)
+        convert([b.root], tmp_path / f"{name}.zarr", progress=False, shard_size=4, workers=workers)
+    assert_same_arrays(load(tmp_path / "one.zarr"), load(tmp_path / "two.zarr"))
+    assert _files(tmp_path / "one.zarr") == _files(tmp_path / "two.zarr")
+
+
+_KILLED_RUN = """
+import sys, time
+import zarr_store.tasks as tasks
+real = tasks.ShardFile.commit
+def slow(*a, **k):
+    time.sleep(0.15)  # slow shards, so that the kill lands mid-run
+    return real(*a, **k)
+tasks.ShardFile.commit = slow  # the workers are forked: they have it too
+from zarr_store.convert import convert
+convert([sys.argv[1]], sys.argv[2], progress=False, shard_size=4, workers=2)
+"""
+
+
+def test_parallel_resume_after_sigkill_equals_uninterrupted(tmp_path):
+    """Killed with two workers once shards are done (a wrong prediction early on: some shards were
+    written for shifted rows), then re-run with two workers: the in-process store, byte for byte."""
+    arch = _archive_with_flats(tmp_path / "arch")
+    ref = tmp_path / "ref.zarr"
+    convert([arch.root], ref, progress=False, shard_size=4)
+    out = tmp_path / "killed.zarr"
+    proc = subprocess.Popen([sys.executable, "-c", _KILLED_RUN, str(arch.root), str(out)], cwd=REPO)
+    try:
+        deadline = time.monotonic() + 60
+        while len(list(out.glob("_convert/*/shard-*.json"))) < 2:
+            assert proc.poll() is None, "the conversion ended before it could be killed"
+            assert time.monotonic() < deadline
+            time.sleep(0.005)
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    assert (out / "_convert" / "pending.json").exists()
+    time.sleep(0.3)  # the workers die with their parent (PR_SET_PDEATHSIG): nothing lands later
+    summary = convert([arch.root], out, progress=False, shard_size=4, workers=2)
+    assert summary.converted == 30 and summary.shards_resumed + summary.shards_written == 8
+    assert not list(out.rglob(".tmp-*"))
+    assert_same_arrays(load(out), load(ref))
+    assert _files(out) == _files(ref)
