@@ -24,7 +24,11 @@ from zarr_store.wfdb_io import LEADS
 
 N_LEADS = len(LEADS)
 BAD_REASONS = ("missing header", "malformed header", "missing signal file", "truncated", "unreadable",
-               "all-NaN", "flat", "too short", "no standard leads")
+               "all-NaN", "flat", "too short", "no standard leads", "implausible amplitude", "not a MATLAB file")
+# A record is physically absurd, not merely clipped, when more than this share of its samples lies
+# outside the store's int16 µV range (±32.8 mV; an ECG's QRS is a few mV): random bytes at a gain of
+# 200/mV give ~85%, a real ECG with a saturated lead a few percent (those are kept, clipped and counted).
+MAX_CLIPPED = 0.5
 
 
 class PlannedRecord(NamedTuple):
@@ -92,6 +96,18 @@ def _reason(exc: RecordError) -> tuple[str, str]:
     return reason, detail
 
 
+def _explain(exc: Exception) -> str:
+    """A sentence for an exception no check anticipated (bare "KeyError: '999'" told the reader nothing)."""
+    what = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+    if isinstance(exc, MemoryError):
+        return f"the header announces more samples than fit in memory ({what})"
+    if isinstance(exc, (KeyError, IndexError)):
+        return f"the header names a format, signal or value that WFDB does not define ({what})"
+    if isinstance(exc, (ValueError, OverflowError, ZeroDivisionError)):
+        return f"the header or signal file holds values that cannot be decoded as WFDB ({what})"
+    return f"reading the record failed ({what})"
+
+
 # record path -> (header or None, samples, ReadBuffer or None) read by inspection, for the in-process
 # converter, which writes a record's rows soon after inspecting it: the signal file is then read once,
 # not twice. The buffers of released records are used again (_POOL): see wfdb_io.ReadBuffer.
@@ -128,9 +144,10 @@ def inspect_record(source: int, root: str, record_id: str, rate: int, window: in
         kept, result = _inspect(source, path, record_id, rate, window, min_seconds, buffer)
         return result
     except RecordError as exc:
-        return BadRecord(source, record_id, *_reason(exc))
-    except Exception as exc:  # never die on one record; the report names the exception
-        return BadRecord(source, record_id, "unreadable", f"{type(exc).__name__}: {exc}")
+        reason, detail = _reason(exc)
+        return BadRecord(source, record_id, reason, sources.escape_name(detail))
+    except Exception as exc:  # never die on one record; the report says what failed, in a sentence
+        return BadRecord(source, record_id, "unreadable", sources.escape_name(_explain(exc)))
     finally:
         if kept is not None:
             _CACHE[path] = (*kept, buffer)
@@ -156,6 +173,10 @@ def _inspect(source, path, record_id, rate, window, min_seconds, buffer) -> tupl
         if n and _is_flat(d, sel):
             bad = all((d[:, i] == wfdb_io.INVALID[header.signals[i].fmt]).all() for i in sel)
             return None, BadRecord(source, record_id, "all-NaN" if bad else "flat", "every standard lead is constant")
+        if n and not header.facts.unit_scale:  # µV ADC units already lie in int16: nothing to check
+            why = _implausible_digital(header, d, sel)
+            if why:
+                return None, BadRecord(source, record_id, "implausible amplitude", why)
         fs, use_wfdb = header.fs, False
         cached = (header, d)
     else:
@@ -169,6 +190,9 @@ def _inspect(source, path, record_id, rate, window, min_seconds, buffer) -> tupl
             return None, BadRecord(source, record_id, "all-NaN", "every standard lead is NaN")
         if n and (np.nan_to_num(xs) == np.nan_to_num(xs[0])).all():
             return None, BadRecord(source, record_id, "flat", "every standard lead is constant")
+        why = _implausible(xs[~np.isnan(xs)], "")
+        if n and why:
+            return None, BadRecord(source, record_id, "implausible amplitude", why)
         fs, use_wfdb = header.fs, True
         cached = (None, x)
     n_out = n if fs == rate else n_resampled(n, fs, rate)
@@ -183,6 +207,32 @@ def _inspect(source, path, record_id, rate, window, min_seconds, buffer) -> tupl
 
 
 _NO_META = sources.RecordMeta()  # read only
+
+
+def _implausible_digital(header, d: np.ndarray, sel: np.ndarray) -> str:
+    """Why the standard leads of ADC values ``d`` (n, n_sig) are physically absurd once in µV, or ""."""
+    specs = [header.signals[i] for i in sel]
+    x = d[:, sel].astype(np.float64)
+    valid = x != np.array([wfdb_io.INVALID[s.fmt] for s in specs], dtype=np.float64)
+    x -= np.array([s.baseline for s in specs], dtype=np.float64)
+    x *= np.array([s.uv for s in specs], dtype=np.float64)
+    gains = sorted({f"{s.gain:g}/{s.units}" for s in specs})
+    return _implausible(x[valid], f" (gain {', '.join(gains[:3])})")
+
+
+def _implausible(uv: np.ndarray, gain: str) -> str:
+    """Why samples ``uv`` (µV, no-data values left out) are no ECG, or "": every one rounds to 0 µV (a
+    gain of 1e30 per mV: it would be stored as an all-zero row), or most lie beyond the int16 range."""
+    if not uv.size or not np.isfinite(uv).all():
+        return "" if not uv.size else "samples are not finite numbers once scaled to µV" + gain
+    peak = float(np.abs(uv).max())
+    if peak < 0.5:
+        return f"every sample rounds to 0 µV (largest {peak:.3g} µV){gain}: stored, it would be an all-zero row"
+    over = float(((uv > 32767.5) | (uv < -32768.5)).mean())
+    if over > MAX_CLIPPED:
+        return (f"{over:.0%} of samples lie beyond ±32.8 mV, the store's int16 µV range (largest {peak / 1000:.3g} mV)"
+                f"{gain}: not an ECG at this gain")
+    return ""
 
 
 @functools.lru_cache(maxsize=1024)

@@ -276,7 +276,16 @@ class SourceTree:
         return self._tables[rel]
 
     def locate(self, name: str) -> Located:
-        """Where the record ``name`` (a path relative to the root, posix, no extension) belongs."""
+        """Where the record ``name`` (a path relative to the root, posix, no extension) belongs. Its
+        source and record id are names as the file system gave them, escaped where they are not UTF-8
+        (``b"\\xff"`` in a file name reads as the four characters ``\\xff``): the store's strings are
+        UTF-8, and one such name once stopped a whole conversion."""
+        loc = self._locate(name)
+        if not (loc.source.isascii() and loc.record_id.isascii()):
+            loc = Located(escape_name(loc.source), escape_name(loc.record_id), loc.table, loc.table_name)
+        return loc
+
+    def _locate(self, name: str) -> Located:
         folder = posixpath.dirname(name)
         hit = self._located_dirs.get(folder)
         if hit is None:  # once per folder
@@ -299,6 +308,12 @@ class SourceTree:
             top, rest = name.split("/", 1)
             return Located(top, rest, table, table_name)
         return Located(self.name, name, table, table_name)  # rule 4
+
+
+def escape_name(name: str) -> str:
+    """``name`` (a str from the file system, undecodable bytes as surrogates) as valid UTF-8 text: those
+    bytes written as ``\\xNN``, everything else as it was."""
+    return name.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
 
 
 def discover_records(source: Path) -> list[str]:
@@ -328,7 +343,9 @@ def discover_records(source: Path) -> list[str]:
             # strings, not pathlib: this runs once per file
             rel = os.path.relpath(dirpath, top).replace(os.sep, "/")
             prefix = "" if rel == "." else rel + "/"
-            for f in filenames:
+            # A folder named x.hea is a record whose header cannot be read: kept, so that the report
+            # lists it instead of the record vanishing
+            for f in filenames + [d for d in dirnames if d.endswith(".hea")]:
                 if f.endswith(".hea") and not f.startswith("."):
                     names.add(prefix + f[:-4])
     return sorted(names)

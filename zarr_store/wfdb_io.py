@@ -19,7 +19,6 @@ Paths may be fsspec URLs (``memory://``, ``s3://``): files are then fetched with
 from __future__ import annotations
 
 import functools
-import math
 import os
 import re
 import stat
@@ -145,6 +144,11 @@ def _signal_lines(key: tuple[tuple[str, str, str, str], ...], pattern: tuple[int
     return signals, _layout(signals, pattern)
 
 
+# Plausible sampling rates: below 1 Hz no heartbeat is resolved, and 1e-30 Hz once reached the
+# resampler as a division by zero.
+MIN_FS, MAX_FS = 1.0, 1_000_000.0
+
+
 def _bad(what: str) -> RecordError:
     return RecordError(f"malformed header: {what}")
 
@@ -176,8 +180,8 @@ def parse_header(text: str) -> Header:
             raise _bad(f"sampling frequency {rec[2]!r}")
         fs = float(m.group(1))
         counter = float(m.group(2)) if m.group(2) else None
-    if not (fs > 0 and math.isfinite(fs)):
-        raise _bad(f"sampling frequency {fs}")
+    if not (MIN_FS <= fs <= MAX_FS):  # NaN fails too
+        raise _bad(f"sampling frequency {rec[2]} Hz: expected {MIN_FS:g} to {MAX_FS:,.0f} Hz")
     sig_len = _int(rec[3], "number of samples") if len(rec) > 3 else 0
     if n_sig < 0 or sig_len < 0:
         raise _bad("negative signal count or length")
@@ -229,14 +233,17 @@ def _signal_spec(fmt_text: str, gain_text: str, adc_zero_text: str, description:
 def read_header(path: str | os.PathLike) -> Header:
     """Read and parse ``path`` (a ``.hea`` file; a local path or an fsspec URL)."""
     try:
-        if is_url(path):
-            text = cat_url(str(path)).decode("latin-1")
-        else:
-            text = _read_small(path).decode("latin-1")
+        raw = cat_url(str(path)) if is_url(path) else _read_small(path)
     except FileNotFoundError:
         raise RecordError(f"missing header: {os.path.basename(path)}") from None
+    except IsADirectoryError:
+        raise RecordError(f"unreadable: {os.path.basename(path)} is a folder, not a header file") from None
     except OSError as exc:
         raise RecordError(f"unreadable header: {exc.strerror or exc}") from None
+    try:  # UTF-8 first, so that signal file names with non-ASCII letters name the files on disk
+        text = raw.decode("utf-8") if not raw.isascii() else raw.decode("ascii")
+    except UnicodeDecodeError:
+        text = raw.decode("latin-1")  # older headers: any byte is a character
     return parse_header(text)
 
 
@@ -332,6 +339,8 @@ def read_digital(header: Header, directory: str | os.PathLike, n: int | None = N
     out = None
     for idx in groups:
         spec = header.signals[idx[0]]
+        if header.files[idx[0]].lower().endswith(".mat"):
+            check_mat_header(os.path.join(directory, header.files[idx[0]]), spec.offset, len(idx), n)
         values = _read_file(os.path.join(directory, header.files[idx[0]]), spec.fmt, spec.offset, n * len(idx),
                             buffer if len(groups) == 1 else None).reshape(n, len(idx))
         if len(groups) == 1:
@@ -342,6 +351,43 @@ def read_digital(header: Header, directory: str | os.PathLike, n: int | None = N
     if out is None:
         return np.empty((n, 0), dtype=np.int32)
     return out
+
+
+# MATLAB v4 matrix types (MOPT, little-endian, real, full): float64, float32, int32, int16, uint16, uint8.
+_MAT4_TYPES = (0, 10, 20, 30, 40, 50)
+
+
+def check_mat_header(path: str, offset: int, n_sig: int, n: int) -> None:
+    """A ``.mat`` signal file (CinC, PhysioNet's wfdb2mat) opens with a MATLAB v4 matrix header: type,
+    rows, columns, imaginary flag, name length, then the name; the samples start at ``offset`` (the
+    header's ``16+24``). Without that header the bytes are not the matrix the header announces (random
+    bytes were once stored as an ECG): RecordError("not a MATLAB file: ...")."""
+    name = os.path.basename(path)
+    try:
+        head = cat_url(path, 0, 20) if is_url(path) else _read_small_prefix(path, 20)
+    except FileNotFoundError:
+        raise RecordError(f"missing signal file: {name}") from None
+    except OSError as exc:
+        raise RecordError(f"unreadable: {name}: {exc.strerror or exc}") from None
+    if head[:6] == b"MATLAB":  # a v5 file: its own header, checked by its 'MATLAB 5.0 MAT-file' text
+        return
+    if len(head) < 20:
+        raise RecordError(f"not a MATLAB file: {name} holds {len(head)} bytes, a MATLAB v4 header needs 20")
+    mopt, rows, cols, imag, namelen = np.frombuffer(head, "<i4").tolist()
+    expected = f"type in {_MAT4_TYPES}, a real {n_sig} x {n or 'N'} matrix, data at byte {offset}"
+    ok = (mopt in _MAT4_TYPES and imag == 0 and 20 + namelen == offset and rows > 0 and cols > 0
+          and (not n or sorted((rows, cols)) == sorted((n_sig, n))) and n_sig in (rows, cols))
+    if not ok:
+        raise RecordError(f"not a MATLAB file: {name} has no MATLAB v4 header (expected {expected}; got type "
+                          f"{mopt}, {rows} x {cols}, imaginary {imag}, name of {namelen} bytes)")
+
+
+def _read_small_prefix(path: str, nbytes: int) -> bytes:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        return os.pread(fd, nbytes, 0)
+    finally:
+        os.close(fd)
 
 
 def _read_file(path: str, fmt: int, offset: int, count: int, buffer: ReadBuffer | None = None) -> np.ndarray:
@@ -404,6 +450,17 @@ def _decode(raw: bytes | memoryview, nbytes: int, fmt: int, offset: int, count: 
     raise RecordError(f"unsupported format {fmt}")
 
 
+# Formats wfdb reads that the numpy readers do not.
+_WFDB_FORMATS = {"8", "310", "311", "508", "516", "524"}
+
+
+def _header_specs(record_path) -> tuple:
+    try:
+        return read_header(str(record_path) + ".hea").signals
+    except Exception:  # noqa: BLE001 - only for a better message
+        return ()
+
+
 def read_physical_wfdb(record_path: Path) -> tuple[np.ndarray, list[str], list[float]]:
     """Fallback through wfdb: physical values in µV, shape (n, n_sig) float64 (NaN = no data),
     the signal names and µV per physical unit of each signal."""
@@ -414,7 +471,11 @@ def read_physical_wfdb(record_path: Path) -> tuple[np.ndarray, list[str], list[f
     try:
         rec = wfdb.rdrecord(str(record_path), physical=True)
     except Exception as exc:  # wfdb raises many types for bad files; all mean "unreadable" here
-        raise RecordError(f"unreadable: {type(exc).__name__}: {exc}") from None
+        what = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+        fmts = sorted({str(s.fmt) for s in _header_specs(record_path)} - {str(f) for f in _BYTES} - _WFDB_FORMATS)
+        if fmts:
+            raise RecordError(f"unreadable: signal format {', '.join(fmts)} is not a WFDB format ({what})") from None
+        raise RecordError(f"unreadable: wfdb could not read the record ({what})") from None
     if rec.p_signal is None:
         raise RecordError("unreadable: wfdb returned no signal")
     scale = [_UNIT_TO_UV.get((u or "mV").strip().lower(), 1000.0) for u in rec.units]

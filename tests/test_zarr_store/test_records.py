@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import math
 
+import json
+
 import numpy as np
 import pytest
 import wfdb
@@ -96,3 +98,72 @@ def test_wfdb_fallback_gives_the_same_rows(tmp_path, monkeypatch):
     summary = convert([arch.root], tmp_path / "wfdb.zarr", progress=False)
     assert summary.converted == 2 and summary.skipped == {"flat": 1}
     assert_same_arrays(load(tmp_path / "wfdb.zarr"), load(tmp_path / "numpy.zarr"))
+
+
+def test_physically_absurd_records_are_quarantined(tmp_path, shared_data):
+    """A gain of 1e30/mV (every sample rounds to 0 µV: once stored as an all-zero row), random bytes at
+    200/mV (most samples beyond int16 µV) and random bytes in a .mat (no MATLAB header) each land in
+    the report with a sentence saying what is wrong; the good records beside them convert."""
+    from zarr_store.convert import REPORT_KEY
+
+    arch = write_archive(tmp_path / "a", n=2, bad=())
+    good = (arch.root / "good000.hea").read_text()
+    (arch.root / "gain.hea").write_text(good.replace("good000", "gain").replace(" 1000.0(0)/mV", " 1e30(0)/mV"))
+    (arch.root / "gain.dat").write_bytes((arch.root / "good000.dat").read_bytes())
+    rng = np.random.default_rng(0)
+    (arch.root / "noise.hea").write_text(good.replace("good000", "noise").replace(" 1000.0(0)/mV", " 200(0)/mV"))
+    (arch.root / "noise.dat").write_bytes(rng.bytes((arch.root / "good000.dat").stat().st_size))
+    chapman = shared_data / "other" / "chapman_shaoxing"
+    (arch.root / "JS00001.hea").write_text((chapman / "JS00001.hea").read_text())
+    (arch.root / "JS00001.mat").write_bytes(rng.bytes((chapman / "JS00001.mat").stat().st_size))
+    (arch.root / "RECORDS").unlink()
+    convert([arch.root], tmp_path / "s.zarr", progress=False)
+    report = {r["record_id"]: r for r in json.loads((tmp_path / "s.zarr" / REPORT_KEY).read_text())["records"]}
+    assert {k: r["reason"] for k, r in report.items()} == {
+        "gain": "implausible amplitude", "noise": "implausible amplitude", "JS00001": "not a MATLAB file"}
+    assert report["gain"]["detail"].startswith("every sample rounds to 0 µV") and "1e+30/mV" in report["gain"]["detail"]
+    assert "of samples lie beyond ±32.8 mV" in report["noise"]["detail"]
+    assert report["JS00001"]["detail"].startswith("JS00001.mat has no MATLAB v4 header (expected type in")
+    a = load(tmp_path / "s.zarr")
+    assert list(a["record_id"]) == ["good000", "good001"]
+    np.testing.assert_array_equal(a["signals"][0], np.rint(arch.signals["good000"].T * 1000))
+
+
+def test_bad_records_get_a_sentence_and_odd_names_survive(tmp_path):
+    """Reasons that were bare exception text, a folder named x.hea that vanished, a non-UTF-8 file name
+    that stopped the whole conversion, and a UTF-8 signal file name read as latin-1."""
+    import os
+    import shutil
+
+    from zarr_store.convert import REPORT_KEY
+
+    arch = write_archive(tmp_path / "a", n=1, bad=())
+    root = arch.root
+    (root / "RECORDS").unlink()
+    good = (root / "good000.hea").read_text()
+
+    def variant(name: str, text: str) -> None:
+        (root / f"{name}.hea").write_text(text.replace("good000", name), encoding="utf-8")
+        shutil.copy(root / "good000.dat", root / f"{name}.dat")
+
+    variant("fmt999", good.replace(".dat 16 ", ".dat 999 "))
+    head, rest = good.split("\n", 1)
+    f = head.split()
+    variant("huge", " ".join(f[:3] + ["999999999999"]) + "\n" + rest)
+    variant("rate", " ".join(f[:2] + ["1e-30"] + f[3:]) + "\n" + rest)
+    variant("unié", good)
+    (root / "x.hea").mkdir()
+    with open(os.fsencode(root) + b"/bad\xffname.hea", "wb") as fh:
+        fh.write(good.replace("good000 ", "x ", 1).encode())
+    convert([root], tmp_path / "s.zarr", progress=False)
+    report = {r["record_id"]: (r["reason"], r["detail"])
+              for r in json.loads((tmp_path / "s.zarr" / REPORT_KEY).read_text())["records"]}
+    assert report == {
+        "fmt999": ("unreadable", "signal format 999 is not a WFDB format (KeyError: '999')"),
+        "huge": ("unreadable", "the header announces more samples than fit in memory (MemoryError)"),
+        "rate": ("malformed header", "sampling frequency 1e-30 Hz: expected 1 to 1,000,000 Hz"),
+        "x": ("unreadable", "x.hea is a folder, not a header file"),
+    }
+    a = load(tmp_path / "s.zarr")
+    assert list(a["record_id"]) == ["bad\\xffname", "good000", "unié"]  # escaped as the bytes were
+    np.testing.assert_array_equal(a["signals"][2], a["signals"][1])
