@@ -15,6 +15,7 @@ Settings and their defaults: crema_fast/eval/finetune.py (FinetuneConfig).
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
 DEFAULTS = {"epochs": 50, "batch_size": 32, "lr": 1e-3, "layer_decay": 0.75, "patience": 8}
@@ -92,6 +93,9 @@ def run(args: argparse.Namespace) -> int:
         if not list_checkpoints(out):
             raise CremaError(f"--resume: no checkpoint in {out / 'checkpoints'}")
         encoder = encoder_of_run(read_checkpoint(out))
+        given = [f"--{n.replace('_', '-')}" for n in DEFAULTS if getattr(args, n, None) is not None]
+        if given:  # the schedule and early stopping are the saved run's: another --epochs would change both
+            print(f"note: --resume continues with the saved settings; ignoring {' '.join(given)}", file=sys.stderr)
     else:
         if list_checkpoints(out):
             raise FileExistsError(f"--out {out} already holds a fine-tuning run: add --resume, or name another --out")

@@ -147,10 +147,11 @@ def test_finetune_command_end_to_end(ptbxl_store, scp_statements, tmp_path, caps
     assert report["finetune"]["epochs_run"] == 1 and report["finetune"]["steps"] == 6  # ceil(352 / 64)
     assert "macro AUROC" in capsys.readouterr().out
 
-    assert main(["finetune", ptbxl_store, "--out", str(out), "--resume", "--n-boot", "200",
+    assert main(["finetune", ptbxl_store, "--out", str(out), "--resume", "--n-boot", "200", "--epochs", "3",
                  "--scp-statements", scp_statements, "--no-progress"]) == 0
     again = json.loads((out / "report.json").read_text())
-    assert again["metrics"] == m
+    assert again["metrics"] == m and again["finetune"]["epochs_run"] == 1  # the saved run, not 3 epochs
+    assert "ignoring --epochs" in capsys.readouterr().err
 
     assert main(argv) == 2
     assert "already holds a fine-tuning run" in capsys.readouterr().err
