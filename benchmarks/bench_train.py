@@ -54,6 +54,7 @@ SHARED_PTBXL = REPO.parent / "shared" / "data" / "ptbxl" / "records500"
 DEMO_DATA = Path(crema_fast.__file__).resolve().parent / "demo_data"  # the 15 records the package ships
 QUICK = quick()
 WARMUP, STEPS, LOG = (1, 4, 1) if QUICK else (4, 16, 4)  # LOG divides both: rows after WARMUP are measured
+HOST_WARMUP, HOST_STEPS, HOST_LOG = 2, 24, 2  # no-op steps cost milliseconds: more of them, steadier medians
 CPU_WORKERS = 2  # the issue's "two loader processes"
 COLUMNS = ["path", "attention", "loss", "workers", "batch", "ecg_per_s", "ecg_per_s_iqr", "step_ms", "data_wait_pct",
            "host_ms", "host_pct", "mfu_pct", "x_vs_ref"]
@@ -61,8 +62,9 @@ COLUMNS = ["path", "attention", "loss", "workers", "batch", "ecg_per_s", "ecg_pe
 
 def _store() -> tuple[str, int]:
     """(store, rows) to train on. A folder of records is converted with zarr_store.convert (benchmarks
-    import no command module); a finished conversion is left as it is, so later runs reuse it."""
-    from zarr_store.convert import convert
+    import no command module); a finished conversion is read as it is (not handed to convert again,
+    which refuses a store of an older format even when it reads), so later runs reuse it."""
+    from zarr_store.convert import PENDING_KEY, convert
     from zarr_store.reader import StoreReader
 
     src = os.environ.get("CREMA_BENCH_STORE") or str(SHARED_PTBXL if SHARED_PTBXL.is_dir() else DEMO_DATA)
@@ -70,7 +72,8 @@ def _store() -> tuple[str, int]:
         store = src
     else:
         store = str(REPO / "runs" / "stores" / f"bench-{Path(src).resolve().name}.zarr")
-        convert([src], store, progress=False)
+        if not (Path(store) / "zarr.json").is_file() or (Path(store) / PENDING_KEY).exists():
+            convert([src], store, progress=False)
     return store, len(StoreReader(store))
 
 
@@ -83,16 +86,16 @@ def paths(cuda: bool) -> dict[str, dict[str, object]]:
             "fast": {"attention": "sdpa", "loss": "ref", "workers": CPU_WORKERS}}
 
 
-def _config(preset: str, batch: int, fields: dict):
-    sets = [f"train.batch_size={batch}", "train.plots=false", f"train.steps={WARMUP + STEPS}",
-            f"train.log_every={LOG}", "train.ckpt_every=1000000"]
+def _config(preset: str, batch: int, fields: dict, warmup: int = WARMUP, steps: int = STEPS, log: int = LOG):
+    sets = [f"train.batch_size={batch}", "train.plots=false", f"train.steps={warmup + steps}",
+            f"train.log_every={log}", "train.ckpt_every=1000000"]
     return build_config(preset, sets=sets + [f"train.{k}={v}" for k, v in fields.items()])
 
 
-def _measured(run_dir: str) -> list[dict]:
+def _measured(run_dir: str, warmup: int = WARMUP) -> list[dict]:
     """The engine's metrics rows after the warm-up steps."""
     rows = [json.loads(line) for line in Path(run_dir, "metrics.jsonl").read_text().splitlines() if line.strip()]
-    return [r for r in rows if r["step"] > WARMUP]
+    return [r for r in rows if r["step"] > warmup]
 
 
 def _figures(metrics: list[dict], batch: int) -> dict:
@@ -139,13 +142,14 @@ class _NoOpNet(torch.nn.Module):
         return SimpleNamespace(loss=loss, mse=loss.detach(), nce=loss.detach())
 
 
-def _host_overhead(cfg, batch_data) -> dict:
+def _host_overhead(preset: str, batch: int, fields: dict, batch_data) -> dict:
+    cfg = _config(preset, batch, fields, HOST_WARMUP, HOST_STEPS, HOST_LOG)
     with tempfile.TemporaryDirectory() as tmp:
         trainer = Trainer(cfg, tmp, loader=_OneBatch(batch_data), progress=False)
         trainer.net = _NoOpNet(trainer.model)
         try:
             trainer.fit()
-            metrics = _measured(tmp)
+            metrics = _measured(tmp, HOST_WARMUP)
         finally:
             trainer.close()
     step = summarize([cfg.train.batch_size / r["ecg_per_s"] for r in metrics])
@@ -169,7 +173,7 @@ def _sweep(preset: str, batch: int) -> list[dict]:
                     metrics = _measured(tmp)
                     flops = trainer.flops_per_ecg
                     if name == "fast":
-                        kept = (cfg, trainer._next_batch())
+                        kept = trainer._next_batch()
                 finally:
                     trainer.close()
         except Exception as err:  # e.g. triton without its kernel: a row-less skip, said out loud
@@ -185,11 +189,11 @@ def _sweep(preset: str, batch: int) -> list[dict]:
     if "ref" in ok and "fast" in ok:
         ok["fast"]["x_vs_ref"] = ok["fast"]["ecg_per_s"] / ok["ref"]["ecg_per_s"]
     if kept is not None:
-        cfg, batch_data = kept
-        host = _host_overhead(cfg, batch_data)
+        host = _host_overhead(preset, batch, paths(cuda)["fast"], kept)
         ok["fast"].update(host_ms=host["host_ms"], host_pct=100 * host["host_ms"] / ok["fast"]["step_ms"])
         rows.append({"preset": preset, "path": "host overhead", **paths(cuda)["fast"], "batch": batch, "status": "ok",
-                     **host, "note": "fast path's step with forward/backward a no-op, one batch in memory"})
+                     **host, "steps": HOST_WARMUP + HOST_STEPS, "warmup": HOST_WARMUP,
+                     "note": "fast path's step with forward/backward a no-op, one batch in memory"})
     return rows
 
 
