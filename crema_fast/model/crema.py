@@ -58,9 +58,9 @@ class CremaModel(nn.Module):
             raise TypeError(f"CremaModel: loss_cfg expected LossConfig, got {type(loss_cfg).__name__}")
         if loss not in LOSS_IMPLS:
             raise ConfigError(f"CremaModel: loss expected one of {LOSS_IMPLS}, got {loss!r}")
-        loss_switch.check_impl(loss)
         self.model_cfg, self.loss_cfg = model_cfg, loss_cfg
-        self.sit = SiT(model_cfg, attention)
+        self.sit = SiT(model_cfg, attention)  # checks the attention switch first: its error names attention
+        loss_switch.check_impl(loss)
         self.attention = self.sit.attention
         self.loss_impl = loss
         D = model_cfg.dim
