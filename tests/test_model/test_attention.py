@@ -98,7 +98,8 @@ def test_triton_without_kernel_is_a_config_error(small_cfg, monkeypatch):
 def test_triton_without_cuda_or_interpreter_is_a_config_error(small_cfg, monkeypatch):
     """No CUDA and no TRITON_INTERPRET=1: refused at construction, not at the first forward pass."""
     fake = types.SimpleNamespace(attention=lambda q, k, v, *, key_padding_mask, scale: q)
-    monkeypatch.setattr(crema_fast._kernels, "load_kernels", lambda name: fake)
+    real = crema_fast._kernels.load_kernels
+    monkeypatch.setattr(crema_fast._kernels, "load_kernels", lambda name: fake if name == "attention" else real(name))
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     monkeypatch.delenv("TRITON_INTERPRET", raising=False)
     with pytest.raises(ConfigError, match=r"needs a CUDA GPU \(or TRITON_INTERPRET=1"):
@@ -120,7 +121,8 @@ def test_triton_switch_calls_the_kernel_with_the_contract(small_cfg, monkeypatch
         return attention_ref(q, k, v, key_padding_mask, scale)
 
     fake = types.SimpleNamespace(attention=fake_attention, attention_ref=attention_ref)
-    monkeypatch.setattr(crema_fast._kernels, "load_kernels", lambda name: fake)
+    real = crema_fast._kernels.load_kernels
+    monkeypatch.setattr(crema_fast._kernels, "load_kernels", lambda name: fake if name == "attention" else real(name))
     tri = build(small_cfg, attention="triton")
     ref = build(small_cfg, attention="ref")
     ref.load_state_dict(tri.state_dict())
@@ -133,8 +135,6 @@ def test_triton_switch_calls_the_kernel_with_the_contract(small_cfg, monkeypatch
 def test_unknown_switches_are_config_errors(small_cfg):
     with pytest.raises(ConfigError, match="attention"):
         CremaModel(small_cfg, attention="flash")
-    with pytest.raises(ConfigError, match="no Triton loss kernel yet"):
-        CremaModel(small_cfg, loss="triton")
     with pytest.raises(ConfigError, match="loss"):
         CremaModel(small_cfg, loss="fused")
     with pytest.raises(TypeError, match="model_cfg"):
