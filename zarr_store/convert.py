@@ -54,6 +54,7 @@ from zarr_store.runner import Runner
 from zarr_store.shard_writer import CODECS, StoreIO
 from zarr_store.sources import SourceTree, discover_records
 from zarr_store.summary import ConvertSummary, fill_store_sizes
+from zarr_store.tasks import warm_up
 
 __all__ = ["convert", "ConvertOptions", "ConvertSummary", "REPORT_KEY", "PENDING_KEY", "FORMAT_VERSION"]
 
@@ -135,6 +136,8 @@ def convert(sources, out, *, rate: int = 500, window_s: float = 10.0, workers: i
     # take its own records for stored ones.
     selection = select_records(roots, names, trees, _stored_ids(url, io, start), opts.rate, opts.window,
                                opts.min_seconds)
+    if not in_process and dask in (None, "local"):
+        warm_up(opts.codec, opts.window)  # before the workers are forked from this process
     with Runner(1 if in_process else workers, None if in_process else dask) as runner:
         done = {}
         for name in io.listdir(f"{META}/{conv_id}"):

@@ -9,12 +9,19 @@ from concurrent.futures import Future
 from zarr_store.errors import BadArgumentError
 
 
+# Threads whose owners make a forked child safe: zarr's and fsspec's I/O loops (each library resets
+# its loop in the child, os.register_at_fork). zarr's starts as soon as a conversion writes zarr.json.
+FORK_SAFE_THREADS = frozenset({"zarr_io", "fsspecIO"})
+
+
 def start_method() -> str:
     """How local worker processes start: "fork" on Linux when this process runs no other Python
-    thread (a CLI call: a worker is ready in ~10 ms, where "spawn" re-imports numpy and the codecs in
-    each worker, 0.6 s on our 2-core VMs, a third of a 5,000-record conversion), else "spawn" (safe
-    beside the threads of zarr's event loop, a Dask client or a notebook's kernel)."""
-    if sys.platform.startswith("linux") and threading.active_count() == 1:
+    thread than those in FORK_SAFE_THREADS (a CLI call: a worker is ready in ~10 ms, where "spawn"
+    re-imports numpy and the codecs in each worker, 0.6 s on our 2-core VMs, a third of a
+    5,000-record conversion), else "spawn" (safe beside the threads of a Dask client, a notebook's
+    kernel or a caller's own)."""
+    others = {t.name for t in threading.enumerate() if t is not threading.main_thread()}
+    if sys.platform.startswith("linux") and others <= FORK_SAFE_THREADS:
         return "fork"
     return "spawn"
 

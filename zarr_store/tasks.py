@@ -81,6 +81,14 @@ def run_shard_task(task: ShardTask, on_rows=None) -> dict:
     return _marker(io, task, clipped, invalid)
 
 
+def warm_up(codec: str, window: int) -> None:
+    """Make this process's first chunk encoder (loads numba's cached bit-shuffle: ~0.25 s of imports,
+    scipy.linalg's among them) before worker processes are forked from it, so that they inherit it
+    instead of each paying for it in its first task (measured: 0.58 s of CPU for a worker's first
+    task of 512 PTB-XL rows, 0.16 s for the next ones)."""
+    _encoder(codec, window)
+
+
 def agrees(predicted: PlannedRecord, real: PlannedRecord | BadRecord) -> bool:
     """True when inspection found the rows the prediction assigned (zarr_store.plan.predict_record):
     a good record of the same frame and row counts."""
