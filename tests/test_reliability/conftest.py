@@ -7,17 +7,12 @@ from __future__ import annotations
 
 import pytest
 
-TALLY = {"inputs tried": 0, "faults injected": 0, "records lost": 0, "tracebacks reaching the user": 0}
+from tests.test_reliability.tally import TALLY
 
 
 @pytest.fixture
 def tally() -> dict:
     return TALLY
-
-
-def count_traceback(text: str) -> None:
-    """Add one to the tally for each Python traceback in a command's output."""
-    TALLY["tracebacks reaching the user"] += text.count("Traceback (most recent call last)")
 
 
 def pytest_terminal_summary(terminalreporter, exitstatus, config):
@@ -26,6 +21,8 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config):
     terminalreporter.write_sep("=", "reliability")
     for key, value in TALLY.items():
         terminalreporter.write_line(f"{key:<30} {value}")
+    if TALLY["records lost"] or TALLY["tracebacks reaching the user"]:
+        terminalreporter.write_line("FAILED: records lost and tracebacks reaching the user must both be 0")
 
 
 def pytest_sessionfinish(session, exitstatus):

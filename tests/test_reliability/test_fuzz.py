@@ -15,7 +15,7 @@ import wfdb
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from tests.test_reliability.conftest import TALLY
+from tests.test_reliability.tally import TALLY
 from tests.test_zarr_store.archives import ecg_like, load, write_record
 from zarr_store.convert import REPORT_KEY, convert
 

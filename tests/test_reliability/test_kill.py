@@ -18,7 +18,7 @@ from pathlib import Path
 import google_crc32c
 import pytest
 
-from tests.test_reliability.conftest import TALLY, count_traceback
+from tests.test_reliability.tally import TALLY, count_traceback
 from tests.test_zarr_store.archives import assert_same_arrays, load, write_archive
 from zarr_store.convert import convert
 from zarr_store.shard_writer import split_shard
