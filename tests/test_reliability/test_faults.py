@@ -14,7 +14,7 @@ from crema_fast.errors import CremaError
 from crema_fast.train.checkpoint import list_checkpoints, read_checkpoint
 from crema_fast.train.config import build_config
 from crema_fast.train.engine import NonFiniteLossError, Trainer
-from tests.test_reliability.conftest import TALLY
+from tests.test_reliability.tally import TALLY
 from zarr_store.errors import BadArgumentError, CorruptChunkError
 from zarr_store.reader import StoreReader
 from zarr_store.verify import verify_store
