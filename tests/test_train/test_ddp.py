@@ -110,7 +110,8 @@ def test_two_process_gloo_matches_one_process(demo_store, tmp_path):
     assert single[-1] < single[0]
     assert ddp == pytest.approx(single, rel=1e-5)
     # Rank 0 alone wrote the files: one checkpoint, one metrics row per step.
-    assert [p.name for p in (tmp_path / "ddp" / "checkpoints").iterdir()] == ["step_0000006.pt"]
+    assert sorted(p.name for p in (tmp_path / "ddp" / "checkpoints").iterdir()) == [
+        "step_0000006.pt", "step_0000006.pt.sha256"]  # one checkpoint, with its checksum
     assert (tmp_path / "ddp" / "reconstruction.png").stat().st_size > 10_000
 
 
