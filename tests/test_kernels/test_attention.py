@@ -17,9 +17,7 @@ The model-level switch test (ref vs sdpa vs triton) is tests/test_model/test_att
 
 from __future__ import annotations
 
-import json
 import math
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -29,6 +27,7 @@ import torch
 
 from kernels import attention as attn_mod
 from kernels.attention import attention, attention_ref
+from tests.test_kernels.hopper import compile_results
 
 # One tolerance table for the CPU lane: assert_close(kernel, fp32 reference, atol=tol, rtol=tol).
 TOL = {
@@ -405,14 +404,7 @@ def test_kernels_compile_for_hopper():
     N = 120 too) and those it keeps for fp32; every dot becomes wgmma (tensor cores) and every config fits
     the H100's 227 KiB of shared memory per block (the fp32 d = 128 backward did not at 2 stages: 256 KiB).
     17 compiles, about 30 s cold (the Triton cache makes a rerun about 3 s)."""
-    repo = Path(__file__).resolve().parents[2]
-    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    proc = subprocess.run([sys.executable, "-c", _COMPILE], cwd=repo, env=env, capture_output=True, text=True,
-                          timeout=300)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    results = json.loads(proc.stdout.strip().splitlines()[-1])
-    if isinstance(results, dict):
-        pytest.skip(f"this Triton has no compile API where expected: {results['skip']}")
+    results = compile_results(_COMPILE)
     print("compile seconds:", [(r[0], r[1], r[2], r[5]) for r in results])  # shown with -s
     covered = {(dt, name, d) for dt, name, d, *_ in results}
     assert covered == {("bf16", "fwd", 64), ("bf16", "fwd", 128), ("fp16", "dkdv", 64), ("fp16", "dq", 64),

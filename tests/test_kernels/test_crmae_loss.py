@@ -10,12 +10,7 @@ PyTorch's own low-precision error against fp64. The model-level switch test is t
 
 from __future__ import annotations
 
-import json
 import math
-import os
-import subprocess
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -26,6 +21,7 @@ import torch.nn.functional as F
 
 from kernels import crmae_loss as op
 from kernels.crmae_loss import crmae_loss, crmae_loss_ref, masked_mse, normalize_patches, nt_xent
+from tests.test_kernels.hopper import compile_results
 
 # One tolerance table, for the kernel against the reference on the same inputs: each entry
 # (rtol, atol) for the loss terms and the maximum gradient error relative to the gradient's largest entry.
@@ -402,14 +398,7 @@ print(json.dumps(out))
 def test_kernels_compile_for_hopper():
     """The four kernels compile for sm_90 in bf16 and fp32 (3xTF32) at the launchers' block sizes; every
     NT-Xent dot becomes wgmma (tensor cores) and each fits the H100's 227 KiB of shared memory per block."""
-    repo = Path(__file__).resolve().parents[2]
-    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    proc = subprocess.run([sys.executable, "-c", _COMPILE], cwd=repo, env=env, capture_output=True, text=True,
-                          timeout=300)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    results = json.loads(proc.stdout.strip().splitlines()[-1])
-    if isinstance(results, dict):
-        pytest.skip(f"this Triton has no compile API where expected: {results['skip']}")
+    results = compile_results(_COMPILE)
     assert {(dt, name) for dt, name, _ in results} == {
         (dt, k) for dt in ("bf16", "fp32") for k in ("_mse_fwd", "_nce_fwd", "_nce_bwd_dq", "_nce_bwd_dk")}
     for dt, name, res in results:
