@@ -10,9 +10,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from crema_fast.train.config import build_config
 from crema_fast.train.engine import Trainer
-from crema_fast.train.plots import read_metrics
+from tests.test_train.test_engine import _cfg as engine_cfg
+from tests.test_train.test_engine import _losses
 
 # Every Tensor method that copies a value to the host (a device sync on a GPU).
 HOST_READS = ("item", "cpu", "tolist", "numpy", "__bool__", "__float__", "__int__", "__index__")
@@ -22,13 +22,8 @@ DATA_PATH = str(Path(__file__).resolve().parents[2] / "crema_fast" / "data")
 
 
 def _cfg(*sets, steps=6):
-    base = [f"train.steps={steps}", "train.batch_size=4", "train.log_every=3", "train.ckpt_every=1000",
-            "train.plots=false", "optim.warmup_steps=2", "optim.lr=2e-3", "train.attention=sdpa"]
-    return build_config("tiny", sets=base + list(sets))
-
-
-def _losses(run_dir):
-    return [r["loss"] for r in read_metrics(run_dir / "metrics.jsonl")]
+    """test_engine's short run, batch 4, logging every third step."""
+    return engine_cfg("train.batch_size=4", "train.log_every=3", *sets, steps=steps)
 
 
 def test_no_host_reads_between_logging_steps(demo_store, tmp_path, monkeypatch):
