@@ -70,6 +70,14 @@ def _plt():
     return plt
 
 
+def _save(fig, text: str, png: Path, label: str):
+    """Write ``fig`` to ``png`` and return the section's text with the image linked, and [png]."""
+    fig.tight_layout()
+    fig.savefig(png, dpi=100)
+    _plt().close(fig)
+    return text + f"\n![{label}]({png.name})\n", [png]
+
+
 def _bars(ax, labels, values, colors, unit):
     y = range(len(labels))
     ax.barh(list(y), values, color=colors)
@@ -110,11 +118,7 @@ def _data(rows, out, stem, store_rows=()):
     fig, ax = plt.subplots(figsize=(10, 0.32 * len(bars) + 1.4))
     _bars(ax, [b[0] for b in bars], [b[1] for b in bars], [color(b[2]) for b in bars], "ECG/s per core")
     ax.set_title("Data path: ours (red) against scipy / torch_ecg / wfdb (grey)")
-    fig.tight_layout()
-    png = out / f"{stem}_data.png"
-    fig.savefig(png, dpi=100)
-    plt.close(fig)
-    return text + f"\n![data path]({png.name})\n", [png]
+    return _save(fig, text, out / f"{stem}_data.png", "data path")
 
 
 def _attention(rows, out, stem):
@@ -161,11 +165,7 @@ def _loss(rows, out, stem):
         _bars(ax, [f"{r['case']} {r['impl']} B={r['B']}" for r in sel], [r[key] for r in sel],
               ["C3" if r["impl"] == "triton" else "0.6" for r in sel], unit)
     fig.suptitle("CR-MAE loss: triton (red) against the reference (grey)")
-    fig.tight_layout()
-    png = out / f"{stem}_loss.png"
-    fig.savefig(png, dpi=100)
-    plt.close(fig)
-    return text + f"\n![loss]({png.name})\n", [png]
+    return _save(fig, text, out / f"{stem}_loss.png", "loss")
 
 
 def _train(rows, out, stem):
@@ -197,11 +197,7 @@ def _train(rows, out, stem):
     axes[1].invert_yaxis()
     axes[1].set_xlabel("ms per step")
     axes[1].legend(fontsize=8)
-    fig.tight_layout()
-    png = out / f"{stem}_train.png"
-    fig.savefig(png, dpi=100)
-    plt.close(fig)
-    return text + f"\n![training]({png.name})\n", [png]
+    return _save(fig, text, out / f"{stem}_train.png", "training")
 
 
 def _eval(rows, out, stem):
