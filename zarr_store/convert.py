@@ -45,7 +45,7 @@ from pathlib import Path
 
 import numpy as np
 
-from zarr_store import wfdb_io
+from zarr_store import mimic, wfdb_io
 from zarr_store.errors import BadArgumentError
 from zarr_store.meta_io import read_json, template, write_json, write_metadata, write_node
 from zarr_store.paths import is_url, local_path, url_fs
@@ -107,6 +107,7 @@ def convert(sources, out, *, rate: int = 500, window_s: float = 10.0, workers: i
     url = _check_out(out)
     io = StoreIO(url)
     names = _discover(roots)  # before creating anything: may raise
+    mimic_tables = mimic.find_tables(roots)  # MIMIC-IV-ECG's csv headers checked: may raise too
     attrs, rows = _open_or_create(url, opts, io)
     fingerprint = _fingerprint(roots, opts)
     for conv in attrs.get("conversions", []):
@@ -153,8 +154,10 @@ def convert(sources, out, *, rate: int = 500, window_s: float = 10.0, workers: i
                 run_streaming(plan, selection.batches, done, bar)
             else:
                 run_parallel(plan, selection.batches, done, bar, runner)
+        joined = mimic.join(plan, mimic_tables)  # subject ids as patient ids, study ids, times, reports
         write_metadata(io, plan.records, np.array(plan.first_rows + [plan.next_row], dtype=np.int64),
-                       plan.sources, plan.record_ids, opts.window)
+                       plan.sources, plan.record_ids, opts.window, extra=joined and joined.columns)
+        mimic.write_table(io, joined, start)
     end, bad = plan.next_row, selection.duplicates + plan.bad
     summary = ConvertSummary(url, report=_report_path(url))
     summary.converted, summary.rows = len(plan.records), end - start

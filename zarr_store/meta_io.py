@@ -24,7 +24,13 @@ META_ARRAYS = {
     "valid_length": ("int32", 0), "window_index": ("int32", 0), "record_id": (str, ""),
     "source": (str, ""), "orig_rate": ("float32", 0.0), "age": ("float32", math.nan),
     "sex": ("int8", -1), "labels": (str, ""), "strat_fold": ("int8", 0), "patient_id": (str, ""),
+    "study_id": (str, ""), "ecg_time": (str, ""),
 }
+# Arrays later versions added: an append to a store without one keeps it without (see write_metadata).
+LATER_ARRAYS = ("patient_id", "study_id", "ecg_time")
+# Per-record string arrays a source may give (``extra`` of write_metadata; MIMIC-IV-ECG's study id and
+# acquisition time, zarr_store.mimic), "" otherwise.
+EXTRA_ARRAYS = ("study_id", "ecg_time")
 # Metadata arrays: small chunks (an append re-encodes only its tail; zarr pads the last chunk, and
 # padding 65,536 strings cost ~10 ms per array) inside large shards (few files per million rows).
 META_CHUNK, META_SHARD = 4096, 262144
@@ -92,10 +98,11 @@ def meta_spec(name: str, rows: int) -> dict:
 
 
 def write_metadata(io: StoreIO, plan: list, first_rows: np.ndarray, sources: list[str],
-                   record_ids: list[str], window: int) -> None:
+                   record_ids: list[str], window: int, extra: dict | None = None) -> None:
     """Rows [first_rows[0], first_rows[-1]) of every metadata array, for the PlannedRecords ``plan``
     (record k starts at row first_rows[k]; its source name and record id are sources[k],
-    record_ids[k]); then ``signals`` grows to the new row count (last: it is the store's row count)."""
+    record_ids[k]; ``extra[name][k]`` its value of an EXTRA_ARRAYS array, "" when absent); then
+    ``signals`` grows to the new row count (last: it is the store's row count)."""
     start, end = int(first_rows[0]), int(first_rows[-1])
     counts = np.array([p.n_windows for p in plan], dtype=np.int64)
     rec_of_row = np.repeat(np.arange(len(plan)), counts)
@@ -113,6 +120,9 @@ def write_metadata(io: StoreIO, plan: list, first_rows: np.ndarray, sources: lis
         "strat_fold": np.array([p.strat_fold for p in plan], dtype=np.int8)[rec_of_row],
         "patient_id": np.array([p.patient_id for p in plan], dtype=object)[rec_of_row],
     }
+    for name in EXTRA_ARRAYS:
+        values = (extra or {}).get(name) or [""] * len(plan)
+        cols[name] = np.array(values, dtype=object)[rec_of_row]
     cols["lead_mask"] = np.array([[i >= 0 for i in p.lead_idx] for p in plan], dtype=bool).reshape(-1, 12)[rec_of_row]
     cols = {k: v.astype(str) if v.dtype == object else v for k, v in cols.items()}
     # A metadata array missing here is created with its final shape (a first conversion, or a re-run
@@ -120,12 +130,13 @@ def write_metadata(io: StoreIO, plan: list, first_rows: np.ndarray, sources: lis
     # bytes zarr writes), zarr.json last. An existing one (append, re-run) is resized through zarr.
     # Both idempotent.
     exists = {name: io.exists(f"{name}/zarr.json") for name in cols}
-    if start > 0 and not exists["patient_id"]:
-        # Appending to a store converted before patient ids were kept: its earlier rows' ids are
-        # unknown, and a column mixing known ids with unknown ones would pass for a complete one (a
-        # patient-disjoint split would silently mix patients). The store stays without the column, and
-        # StoreReader.patient_ids says to re-convert.
-        del cols["patient_id"], exists["patient_id"]
+    for name in LATER_ARRAYS:
+        if start > 0 and not exists[name]:
+            # Appending to a store converted before patient ids (study ids, times) were kept: its earlier
+            # rows' ids are unknown, and a column mixing known ids with unknown ones would pass for a
+            # complete one (a patient-disjoint split would silently mix patients). The store stays
+            # without the column, and StoreReader.patient_ids / study_ids say to re-convert.
+            del cols[name], exists[name]
     if start == 0:
         for name, values in list(cols.items()):
             if not exists[name]:

@@ -447,6 +447,16 @@ class StoreReader:
                                      f"were kept): re-convert its sources into a new store to get them")
         return self.column("patient_id")
 
+    def study_ids(self) -> np.ndarray:
+        """object (N,) of ``str``: each row's study id, "" where its source has none (MIMIC-IV-ECG's
+        ``study_id``, zarr_store.mimic; ``column("ecg_time")`` holds its acquisition time beside it).
+
+        Raises MissingColumnError (a StoreError) for a store converted before study ids were kept."""
+        if not self.has_column("study_id"):
+            raise MissingColumnError(f"store {self.store!r} predates study_id (converted before study ids "
+                                     f"were kept): re-convert its sources into a new store to get them")
+        return self.column("study_id")
+
     def has_column(self, name: str) -> bool:
         """Whether the store holds a per-record array ``name``."""
         if name in self._columns:

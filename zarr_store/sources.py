@@ -5,8 +5,8 @@ to (which names it in the store), and metadata beside the signals (header commen
 A record's database folder, which gives its ``source`` name and the folder its ``record_id`` is
 relative to, is the first of:
 1. the nearest folder, from the record's own folder up to the source root, that holds a ``RECORDS``,
-   ``ANNOTATORS`` or ``ptbxl_database.csv`` file or PTB-XL's rate folders (``records100``,
-   ``records500``);
+   ``ANNOTATORS``, ``ptbxl_database.csv`` or ``record_list.csv`` (MIMIC-IV-ECG) file or PTB-XL's rate
+   folders (``records100``, ``records500``);
 2. the folder of a ``ptbxl_database.csv`` up to two levels above the root (``ptbxl/records500``
    converted on its own);
 3. the top-level folder under the root that holds the record;
@@ -32,7 +32,8 @@ from typing import NamedTuple
 
 from zarr_store.paths import cat_url, is_url, url_fs
 
-MARKER_FILES = ("RECORDS", "ANNOTATORS", "ptbxl_database.csv")
+# record_list.csv: MIMIC-IV-ECG (zarr_store.mimic), so that its ids are files/p.../s.../NNN, not p.../s.../NNN of "files"
+MARKER_FILES = ("RECORDS", "ANNOTATORS", "ptbxl_database.csv", "record_list.csv")
 RATE_FOLDERS = ("records100", "records500")  # PTB-XL's layout: their parent is the database
 PTBXL_CSV = "ptbxl_database.csv"
 

@@ -32,6 +32,14 @@ def add_arguments(parser) -> None:
     parser.add_argument("--json", action="store_true", help="print the facts as one JSON object")
     parser.add_argument("--verify", action="store_true",
                         help="also read every shard index and chunk (checksums, truncation); exit 1 when any is bad")
+    # --where / --export-meta: crema_fast.commands._where (the grammar is in its docstring)
+    parser.add_argument("--where", action="append", default=[], metavar="COND",
+                        help="only records meeting COND: COLUMN~REGEX (case-insensitive), COLUMN=VALUE or "
+                             "'COLUMN contains TEXT'; repeat to AND; prints the count and the first record ids")
+    parser.add_argument("--limit", type=int, default=10, help="record ids --where prints (default 10)")
+    parser.add_argument("--export-meta", metavar="FILE", default=None,
+                        help="write the records' metadata (store columns, MIMIC-IV-ECG measurements and "
+                             "reports), filtered by --where, as csv (.csv.gz compressed)")
 
 
 def parse_labels(text: str) -> list[str]:
@@ -87,6 +95,21 @@ def _report(reader: StoreReader) -> dict | None:
         counts = {str(k): int(v) for k, v in sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))}
         return {"path": f"{base}/{key}", "counts": counts}
     return None
+
+
+def _mimic(reader: StoreReader) -> dict | None:
+    """MIMIC-IV-ECG's measurements table beside the store (zarr_store.mimic): records, studies, those
+    without a machine_measurements row; None when the store has none."""
+    from zarr_store import mimic
+
+    if not reader.attrs.get(mimic.ATTR):
+        return None
+    table = mimic.read_table(reader.store, reader.attrs)
+    if table is None:
+        return {"path": f"{reader.store.rstrip('/')}/{reader.attrs[mimic.ATTR]}", "missing": True}
+    return {"path": f"{reader.store.rstrip('/')}/{reader.attrs[mimic.ATTR]}", "records": len(table),
+            "studies": int(table["study_id"].replace("", None).nunique()),
+            "without_measurements": int((~table["has_measurements"]).sum())}
 
 
 def _unfinished(reader: StoreReader) -> bool:
@@ -153,6 +176,7 @@ def describe(store, *, top: int = 15) -> dict:
     raw = n * int(np.prod(reader.shape[1:])) * reader.dtype.itemsize
     facts.update(bytes_on_disk=total, signal_bytes=signals, raw_signal_bytes=raw,
                  compression_ratio=raw / signals if signals else None)
+    facts["mimic"] = _mimic(reader)
     facts["quarantine"] = _report(reader)
     facts["unfinished_conversion"] = _unfinished(reader)
     return facts
@@ -191,6 +215,12 @@ def format_facts(f: dict) -> str:
     ratio = f"{f['compression_ratio']:.2f}x" if f["compression_ratio"] else "n/a"
     lines.append(f"size        {_mb(f['bytes_on_disk'])} on disk; signals {_mb(f['signal_bytes'])} "
                  f"(raw int16 {_mb(f['raw_signal_bytes'])}, compression {ratio})")
+    m = f.get("mimic")
+    if m is not None:
+        lines.append(f"mimic       table missing: {m['path']}" if m.get("missing") else
+                     f"mimic       {m['records']:,} MIMIC-IV-ECG records, {m['studies']:,} studies; "
+                     f"{m['without_measurements']:,} without a machine_measurements row — {m['path']} "
+                     "(query: --where, --export-meta)")
     q = f["quarantine"]
     if q is None:
         lines.append("quarantine  no report found")
@@ -207,6 +237,12 @@ def format_facts(f: dict) -> str:
 def run(args) -> int:
     if args.top < 0:
         raise BadArgumentError(f"--top: expected a count >= 0, got {args.top}")
+    if args.where or args.export_meta:
+        from crema_fast.commands._where import format_query, query
+
+        q = query(args.store, args.where, limit=args.limit, export=args.export_meta)
+        print(json.dumps(q, indent=2) if args.json else format_query(q))
+        return 0
     facts = describe(args.store, top=args.top)
     if not args.verify:
         print(json.dumps(facts, indent=2) if args.json else format_facts(facts))

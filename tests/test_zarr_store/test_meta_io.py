@@ -28,6 +28,8 @@ def test_direct_metadata_files_equal_zarrs(tmp_path, rows):
         "labels": np.array([""] * rows),
         "strat_fold": rng.integers(0, 11, rows).astype(np.int8),
         "patient_id": np.array([str(i % 7) if i % 3 else "" for i in range(rows)]),
+        "study_id": np.array([str(40689238 + i) if i % 5 else "" for i in range(rows)]),
+        "ecg_time": np.array(["2180-07-23 08:44:00" if i % 2 else "" for i in range(rows)]),
         "lead_mask": rng.random((rows, 12)) < 0.9,
     }
     assert set(cols) == set(META_ARRAYS) | {"lead_mask"}
