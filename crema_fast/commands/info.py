@@ -104,7 +104,7 @@ def _mimic(reader: StoreReader) -> dict | None:
 
     if not reader.attrs.get(mimic.ATTR):
         return None
-    table = mimic.read_table(reader.store, reader.attrs)
+    table = mimic.read_table(reader.store, reader.attrs, columns=["study_id", "has_measurements"])
     if table is None:
         return {"path": f"{reader.store.rstrip('/')}/{reader.attrs[mimic.ATTR]}", "missing": True}
     return {"path": f"{reader.store.rstrip('/')}/{reader.attrs[mimic.ATTR]}", "records": len(table),

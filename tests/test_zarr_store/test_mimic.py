@@ -226,3 +226,36 @@ def test_store_without_study_id_opens_and_says_so(store, tmp_path):
     assert r.patient_ids().tolist() == [s[0] for s in STUDIES]
     with pytest.raises(MissingColumnError, match="predates study_id"):
         r.study_ids()
+
+
+def test_rerun_of_an_interrupted_conversion_writes_the_same_table(store, tree, tmp_path, monkeypatch):
+    """Stopped after the table was written but before the provenance (a kill there): the same command
+    again ends with the store and table of an uninterrupted run, the table's rows not doubled."""
+    import zarr_store.convert as conv
+
+    out = tmp_path / "s.zarr"
+    finish = conv._finish
+
+    def stop(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(conv, "_finish", stop)
+    with pytest.raises(KeyboardInterrupt):
+        convert([tree], out, progress=False, shard_size=4)
+    monkeypatch.setattr(conv, "_finish", finish)
+    summary = convert([tree], out, progress=False, shard_size=4)
+    assert summary.converted == 6 and summary.shards_resumed == 2
+    assert (out / mimic.TABLE_KEY).read_bytes() == (store[0] / mimic.TABLE_KEY).read_bytes()
+    assert StoreReader(out).study_ids().tolist() == StoreReader(store[0]).study_ids().tolist()
+
+
+def test_record_missing_from_record_list_gets_ids_from_its_path(tree, tmp_path):
+    src = tmp_path / "mimic-iv-ecg"
+    shutil.copytree(tree, src)
+    listing = pd.read_csv(src / "record_list.csv", dtype=str)
+    listing[listing["study_id"] != STUDIES[2][1]].to_csv(src / "record_list.csv", index=False)
+    convert([src], tmp_path / "s.zarr", progress=False)
+    r = StoreReader(tmp_path / "s.zarr")
+    assert r.patient_ids().tolist() == [s[0] for s in STUDIES] and r.study_ids().tolist() == [s[1] for s in STUDIES]
+    assert r.column("ecg_time").tolist() == [time_of(k) if k != 2 else "" for k in range(6)]
+    assert mimic.read_table(tmp_path / "s.zarr")["report"].tolist()[2] == "Sinus bradycardia"
