@@ -3,7 +3,9 @@ patients, size on disk, compression ratio and the conversion's quarantine report
 
 ``describe(store) -> dict`` gathers the facts (tests and tools use it); ``run`` prints them. ``--verify``
 also reads every shard index and chunk (zarr_store.verify: crc32c, truncation, missing files) and every
-metadata array, lists bad ones by file and rows, and exits 1 when any is bad. Labels
+metadata array, lists bad ones by file and rows, and exits 1 when any is bad. ``--where COND`` and
+``--export-meta FILE`` print, instead, the records meeting conditions on their metadata (MIMIC-IV-ECG's
+reports and measurements among it) and write it as csv (crema_fast.commands._where). Labels
 are counted once per record (its first window): PTB-XL's ``scp_codes`` are dict literals whose keys
 are the codes, CinC's ``Dx`` are comma-separated SNOMED codes.
 """
