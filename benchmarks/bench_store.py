@@ -342,3 +342,106 @@ def test_bench_store(benchmark, tmp_path):
     record("store", rows)
     for store in tmp_path.glob("*.zarr"):  # ~0.3 GB: not left for pytest's tmp retention
         shutil.rmtree(store, ignore_errors=True)
+
+
+# -- parallel conversion: 1 vs 2 workers vs Dask ------------------------------------------------------
+
+SCALING = ((2, 1000),) if QUICK else ((10, 5000), (40, 20000))  # (source folders, records)
+
+
+def _same_signal_files(a: Path, b: Path) -> bool:
+    files = lambda s: {str(p.relative_to(s)): p for p in Path(s, "signals").rglob("*") if p.is_file()}  # noqa: E731
+    fa, fb = files(a), files(b)
+    return fa.keys() == fb.keys() and all(fa[k].read_bytes() == fb[k].read_bytes() for k in fa)
+
+
+_CONVERT = """
+import json, resource, sys, time
+from zarr_store.convert import convert
+roots, out, kw = json.loads(sys.argv[1])
+t0, c0 = time.perf_counter(), time.process_time()
+convert(roots, out, progress=False, **kw)
+wall, ch = time.perf_counter() - t0, resource.getrusage(resource.RUSAGE_CHILDREN)
+print(wall, time.process_time() - c0 + ch.ru_utime + ch.ru_stime)
+"""
+
+
+def _timed_convert(roots: list[str], out: Path, kw: dict) -> tuple[float, float]:
+    """(wall, CPU) seconds of one convert() call, in a fresh process as from the command line
+    (imports done before the clock starts; no other thread, so local workers are forked:
+    zarr_store.runner); CPU of the process and its local workers (a Dask cluster's is not seen)."""
+    import subprocess
+    import sys
+
+    repo = Path(__file__).resolve().parents[1]
+    res = subprocess.run([sys.executable, "-c", _CONVERT, json.dumps([roots, str(out), kw])], cwd=repo,
+                         capture_output=True, text=True, check=True)
+    wall, cpu = res.stdout.strip().splitlines()[-1].split()
+    return float(wall), float(cpu)
+
+
+def _scaling_runs(tmp: Path, roots: list[str], n: int, repeat: int, scheduler: str) -> list[dict]:
+    """Wall clock of whole convert() calls, the configurations interleaved round by round so that the
+    other load on a shared machine hits them alike; the load average beside each round."""
+    configs = {"convert(workers=1)": dict(workers=1), "convert(workers=2)": dict(workers=2),
+               "convert(dask='local', workers=2)": dict(dask="local", workers=2),
+               "convert(dask=<running LocalCluster of 2>)": dict(dask=scheduler)}
+    walls = {k: [] for k in configs}
+    cpus = {k: [] for k in configs}
+    loads, same = [], {}
+    for _ in range(repeat):
+        loads.append(os.getloadavg()[0])
+        for name, kw in configs.items():
+            out = tmp / f"par-{len(walls[name])}-{abs(hash(name))}.zarr"
+            wall, cpu = _timed_convert(roots, out, kw)
+            walls[name].append(wall)
+            cpus[name].append(cpu)
+            if name == "convert(workers=1)":
+                ref = out
+            else:
+                same[name] = same.get(name, True) and _same_signal_files(ref, out)
+                shutil.rmtree(out, ignore_errors=True)
+        shutil.rmtree(ref, ignore_errors=True)
+    loads.append(os.getloadavg()[0])
+    one = float(np.median(walls["convert(workers=1)"]))
+    rows = []
+    for name, w in walls.items():
+        s = summarize([n / x for x in w])
+        rows.append({"stage": "convert scaling", "path": name, "pattern": f"{n} records, {len(roots)} sources",
+                     "ecg_s_wall": s["median"], "ecg_s_min": s["min"], "ecg_s_iqr": s["iqr"], "runs": s["n"],
+                     "seconds": float(np.median(w)), "x_one_core": one / float(np.median(w)),
+                     "cpu_seconds": float(np.median(cpus[name])),
+                     "same_bytes": same.get(name, True), "loadavg_1min": loads,
+                     "cores": len(os.sched_getaffinity(0))})
+    return rows
+
+
+@pytest.mark.skipif(not DATA.is_dir(), reason="needs ../shared/data/ptbxl")
+def test_bench_convert_scaling(tmp_path):
+    """Parallel conversion against one core: the 500 records under 10 / 40 source folders (5,000 /
+    20,000 rows), ``convert`` with 1 and 2 local worker processes, with ``dask='local'`` (a
+    LocalCluster of 2 worker processes started and closed inside the call) and with a LocalCluster
+    already running (its scheduler address: the cost of the conversion alone). ECG/s by wall clock of
+    the whole call (median of 3 interleaved rounds), speed-up over workers=1, whether the signal
+    files equal workers=1's byte for byte, and the 1-minute load average at each round (the machine
+    is shared). Rows: stage "convert scaling" in store.jsonl."""
+    import dask
+    from distributed import LocalCluster
+
+    heads = _records()
+    rows = []
+    with dask.config.set({"distributed.worker.multiprocessing-method": "fork"}):
+        cluster = LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None)
+    try:
+        for folders, n in SCALING:
+            per = n // folders
+            roots = [str(_archive(tmp_path / f"src{n}-{k}", heads[:per])) for k in range(folders)]
+            rows += _scaling_runs(tmp_path, roots, n, 1 if QUICK else 3, cluster.scheduler_address)
+            for r in roots:
+                shutil.rmtree(r, ignore_errors=True)
+    finally:
+        cluster.close()
+    cols = ["path", "pattern", "ecg_s_wall", "ecg_s_iqr", "seconds", "x_one_core", "cpu_seconds", "same_bytes"]
+    print_table(f"convert scaling: wall clock of the whole call, {len(os.sched_getaffinity(0))} cores "
+                f"(load averages {[r['loadavg_1min'] for r in rows[::4]]})", rows, cols)
+    record("store", rows)
