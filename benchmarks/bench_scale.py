@@ -58,7 +58,7 @@ def _files(store: Path) -> tuple[int, int, int]:
 
 
 def _store_costs(store: Path, rows: int, built_s: float | None) -> dict:
-    from crema_fast.commands.info import describe
+    from zarr_store.describe import describe
     from zarr_store.reader import StoreReader
 
     n_files, n_shards, nbytes = _files(store)
