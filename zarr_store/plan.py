@@ -35,6 +35,7 @@ from zarr_store.tasks import ShardStream, ShardTask, agrees, run_checked_task, r
 
 ALREADY = "already in store"
 DUPLICATE = "duplicate (same ecg_id at another rate)"
+SAME_ID = "duplicate record id"
 BATCH = 256  # records per inspection task
 
 
@@ -57,7 +58,9 @@ class Selection:
 def select_records(roots: list, names: list[list[str]], trees: list[SourceTree], stored: set[tuple[str, str]],
                    rate: int, window: int, min_seconds: float) -> Selection:
     """What to convert of the ``names`` found in each root, given the ``stored`` (source, record_id)
-    pairs. Within one conversion a record reached through two roots is converted once."""
+    pairs. Within one conversion a record reached through two roots (the same file) is converted once;
+    two different files that get the same (source, record_id) (``a/mitdb/100`` and ``b/mitdb/100``)
+    would be two rows no id tells apart, so the second is reported (SAME_ID) naming the first."""
     located, table_names = {}, {}
     for s, tree in enumerate(trees):
         for name in names[s]:
@@ -66,23 +69,36 @@ def select_records(roots: list, names: list[list[str]], trees: list[SourceTree],
             if loc.table is not None:
                 table_names.setdefault(id(loc.table), set()).add(loc.table_name)
     seen, duplicates, already, batches = set(stored), [], 0, []
+    first: dict[tuple[str, str], str] = {}  # (source, record_id) -> the file converted under it now
     for s, root in enumerate(roots):
         keep = []
         for name in names[s]:
             loc = located[(s, name)]
             key = (loc.source, loc.record_id)
             if key in seen:
-                already += 1
+                where, there = _record_path(root, name), first.get(key)
+                if there is not None and there != where:
+                    duplicates.append(BadRecord(s, name, SAME_ID, f"{where} would be {key[0]}/{key[1]}, the id of "
+                                                f"{there} (converted); convert one of the folders into another store"))
+                else:
+                    already += 1
                 continue
             hr = _higher_rate(loc, table_names, seen)
             if hr is not None:
                 duplicates.append(BadRecord(s, name, DUPLICATE, f"{hr} holds the same ECG at a higher rate"))
                 continue
             seen.add(key)
+            first[key] = _record_path(root, name)
             keep.append(name)
         batches += [(s, str(root), keep[i : i + BATCH], rate, window, min_seconds)
                     for i in range(0, len(keep), BATCH)]
     return Selection(batches, located, duplicates, already)
+
+
+def _record_path(root, name: str) -> str:
+    """The record's file path without extension, symbolic links resolved (a URL: as given)."""
+    root = str(root)
+    return f"{root.rstrip('/')}/{name}" if is_url(root) else os.path.realpath(os.path.join(root, name))
 
 
 def _higher_rate(loc: Located, table_names: dict, seen: set) -> str | None:

@@ -3,10 +3,13 @@ lower-rate copies are skipped, never duplicated."""
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 
 from tests.test_zarr_store.archives import DUPLICATE, copy_subset, load, write_archive
 from zarr_store.convert import convert
+from zarr_store.plan import SAME_ID
 
 
 def test_overlapping_sources_never_duplicate_rows(tmp_path):
@@ -29,6 +32,25 @@ def test_overlapping_sources_never_duplicate_rows(tmp_path):
         np.testing.assert_array_equal(got["signals"][row], np.rint(sig.T * 1000).astype(np.int16))
     twice = convert([a.root, tmp_path / "data"], tmp_path / "t.zarr", progress=False)  # within one call
     assert twice.converted == 5 and twice.skipped == {"already in store": 4, "flat": 1}  # each inspected once
+
+
+def test_one_record_id_in_two_folders_is_reported_not_stored_twice(tmp_path):
+    """a/dba/good000 and b/dba/good000 are different ECGs that both get the id dba/good000: the first is
+    stored, the second is reported naming both files; the same folder reached through a symbolic link
+    is the same file, converted once and not reported."""
+    a = write_archive(tmp_path / "a" / "dba", n=2, bad=())
+    write_archive(tmp_path / "b" / "dba", n=3, seed=50, bad=())
+    (tmp_path / "link").symlink_to(tmp_path / "a" / "dba")
+    summary = convert([a.root, tmp_path / "b" / "dba", tmp_path / "link"], tmp_path / "s.zarr", progress=False)
+    assert summary.converted == 3 and summary.skipped == {SAME_ID: 2, "already in store": 2}
+    got = load(tmp_path / "s.zarr")
+    assert list(zip(got["source"], got["record_id"])) == [("dba", "good000"), ("dba", "good001"),
+                                                         ("dba", "good002")]
+    np.testing.assert_array_equal(got["signals"][0], np.rint(a.signals["good000"].T * 1000).astype(np.int16))
+    report = json.loads((tmp_path / "s.zarr" / "_convert" / "quarantine.json").read_text())["records"]
+    assert [(r["record_id"], r["reason"]) for r in report] == [("good000", SAME_ID), ("good001", SAME_ID)]
+    assert str(tmp_path / "b" / "dba" / "good000") in report[0]["detail"]
+    assert str(tmp_path / "a" / "dba" / "good000") in report[0]["detail"]
 
 
 def test_ptbxl_below_the_root_keeps_labels_and_drops_rate_copies(shared_data, tmp_path):
