@@ -258,7 +258,9 @@ def _coerce(kind: type, name: str, key: str, value: Any) -> Any:
             return value.lower() in ("true", "1", "yes")
         _check(isinstance(value, bool), where, "a bool", value)
     elif isinstance(default, float):
-        _check(isinstance(value, (int, float)) and not isinstance(value, bool), where, "a number", value)
+        # nan/inf arrive as TOML literals or as the text of --set; neither is a usable setting
+        number = isinstance(value, (int, float)) and not isinstance(value, bool)
+        _check(number and math.isfinite(value), where, "a finite number", value)
         return float(value)
     elif isinstance(default, int):
         _check(_is_int(value), where, "an int", value)

@@ -143,8 +143,9 @@ def test_loss_flag_selects_the_fused_loss(capsys):
 
 @pytest.mark.parametrize("sets, named", [
     (["train.bogus=1"], "train: unknown fields ['bogus']"),
-    (["optim.lr=nan"], "optim.lr: expected a number, got 'nan'"),
-    (["loss.tau=nan"], "loss.tau: expected a number"),
+    (["optim.lr=nan"], "optim.lr: expected a finite number, got 'nan'"),
+    (["loss.tau=nan"], "loss.tau: expected a finite number"),
+    (["optim.lr=1e999"], "optim.lr: expected a finite number, got inf"),  # parsed as a float: inf
     (["train.batch_size=0"], "train.batch_size: expected an int >= 1, got 0"),
     (["train.steps=-5"], "train.steps: expected an int >= 1, got -5"),
     (["data.crop=0"], "DataConfig.crop: expected a positive int"),
