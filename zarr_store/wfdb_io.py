@@ -398,6 +398,11 @@ def _read_file(path: str, fmt: int, offset: int, count: int, buffer: ReadBuffer 
             return _decode(raw, nbytes, fmt, offset, count, path)
         fd = os.open(path, os.O_RDONLY)  # os.pread: one copy, and no file object (~2 µs a record)
         try:
+            # Before any allocation: a header announcing 10^12 samples once ended in a bare MemoryError.
+            held = max(os.fstat(fd).st_size - offset, 0)
+            if held < nbytes:
+                raise RecordError(f"truncated: {os.path.basename(path)} holds {held:,} bytes after offset {offset}, "
+                                  f"the header's {count:,} samples need {nbytes:,}")
             if buffer is not None:
                 view, got = buffer.view(nbytes), 0
                 while got < nbytes:  # a read returns at most ~2 GiB at a time

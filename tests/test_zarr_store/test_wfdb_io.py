@@ -73,6 +73,14 @@ def test_truncated_and_missing_files(tmp_path):
         wfdb_io.check_files(header, tmp_path)
     with pytest.raises(RecordError, match="^truncated"):
         wfdb_io.read_digital(header, tmp_path)
+    # a header announcing 10^12 frames: said before anything is allocated (was a bare MemoryError)
+    huge = (tmp_path / "r.hea").read_text().replace(" 500 500", " 500 1000000000000", 1)
+    (tmp_path / "r.hea").write_text(huge)
+    header = wfdb_io.read_header(tmp_path / "r.hea")
+    assert header.sig_len == 10**12
+    with pytest.raises(RecordError, match=f"^truncated: r.dat holds {len(data) - 3:,} bytes after offset 0, "
+                                          f"the header's 2,000,000,000,000 samples need 4,000,000,000,000$"):
+        wfdb_io.read_digital(header, tmp_path, buffer=wfdb_io.ReadBuffer())
     (tmp_path / "r.dat").unlink()
     with pytest.raises(RecordError, match="^missing signal file"):
         wfdb_io.check_files(header, tmp_path)
