@@ -173,7 +173,9 @@ def _inspect(source, path, record_id, rate, window, min_seconds, buffer) -> tupl
         if n and _is_flat(d, sel):
             bad = all((d[:, i] == wfdb_io.INVALID[header.signals[i].fmt]).all() for i in sel)
             return None, BadRecord(source, record_id, "all-NaN" if bad else "flat", "every standard lead is constant")
-        if n and not header.facts.unit_scale:  # µV ADC units already lie in int16: nothing to check
+        # µV ADC values in int16 files are the stored values, nothing to check; in 24/32-bit files
+        # they can lie beyond the store's int16 range
+        if n and not (header.facts.unit_scale and d.dtype == np.int16):
             why = _implausible_digital(header, d, sel)
             if why:
                 return None, BadRecord(source, record_id, "implausible amplitude", why)

@@ -116,11 +116,18 @@ def test_physically_absurd_records_are_quarantined(tmp_path, shared_data):
     chapman = shared_data / "other" / "chapman_shaoxing"
     (arch.root / "JS00001.hea").write_text((chapman / "JS00001.hea").read_text())
     (arch.root / "JS00001.mat").write_bytes(rng.bytes((chapman / "JS00001.mat").stat().st_size))
+    # µV units in a 32-bit file: the ADC values are µV, and these lie far beyond int16 (were stored clipped)
+    leads = ("I", "II", "III", "aVR", "aVL", "aVF", "V1", "V2", "V3", "V4", "V5", "V6")
+    (arch.root / "uv32.hea").write_text("uv32 12 500 5000\n" + "".join(f"uv32.dat 32 1(0)/uV 32 0 0 0 0 {n}\n"
+                                                                         for n in leads))
+    (arch.root / "uv32.dat").write_bytes(rng.integers(-2**30, 2**30, (5000, 12), dtype="<i4").tobytes())
     (arch.root / "RECORDS").unlink()
     convert([arch.root], tmp_path / "s.zarr", progress=False)
     report = {r["record_id"]: r for r in json.loads((tmp_path / "s.zarr" / REPORT_KEY).read_text())["records"]}
     assert {k: r["reason"] for k, r in report.items()} == {
-        "gain": "implausible amplitude", "noise": "implausible amplitude", "JS00001": "not a MATLAB file"}
+        "gain": "implausible amplitude", "noise": "implausible amplitude", "JS00001": "not a MATLAB file",
+        "uv32": "implausible amplitude"}
+    assert "of samples lie beyond ±32.8 mV" in report["uv32"]["detail"] and "1/uV" in report["uv32"]["detail"]
     assert report["gain"]["detail"].startswith("every sample rounds to 0 µV") and "1e+30/mV" in report["gain"]["detail"]
     assert "of samples lie beyond ±32.8 mV" in report["noise"]["detail"]
     assert report["JS00001"]["detail"].startswith("JS00001.mat has no MATLAB v4 header (expected type in")
