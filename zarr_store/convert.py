@@ -1,5 +1,8 @@
 """WFDB archives -> one Zarr v3 store: ``convert(sources, out, ...) -> ConvertSummary``.
 
+Array inputs (CODE-15% folders, HDF5 datasets, .npy / .npz arrays: zarr_store.array_sources) take
+the same steps through zarr_store.array_convert, with the same markers, report and provenance.
+
 How a conversion runs (each step restartable):
 1. Discover the records of every source (RECORDS files or a walk for ``.hea``), in sorted order, and
    name each after its database (zarr_store.sources: ``source`` and ``record_id``). Records the store
@@ -46,6 +49,7 @@ from pathlib import Path
 import numpy as np
 
 from zarr_store import mimic, wfdb_io
+from zarr_store.array_sources import ArrayOptions, is_array_spec
 from zarr_store.errors import BadArgumentError
 from zarr_store.meta_io import read_json, template, write_json, write_metadata, write_node
 from zarr_store.paths import is_url, local_path, url_fs
@@ -95,14 +99,29 @@ class ConvertOptions:
 
 def convert(sources, out, *, rate: int = 500, window_s: float = 10.0, workers: int = 1, dask=None,
             codec: str = "zstd", progress: bool = True, shard_size: int = 512,
-            min_seconds: float = 1.0) -> ConvertSummary:
-    """Convert WFDB archives (folders) into the store at ``out`` (a path or fsspec URL), appending when
-    it already holds a store. See the module docstring for the steps; raises BadArgumentError for
-    bad arguments, never for a bad record."""
+            min_seconds: float = 1.0, input_rate: float | None = None, leads=None, layout: str | None = None,
+            units: str | None = None, ids: str | None = None) -> ConvertSummary:
+    """Convert WFDB archives (folders) or array inputs (array_sources.is_array_spec; ``input_rate``,
+    ``leads``, ``layout``, ``units``, ``ids`` describe them: array_sources.ArrayOptions) into the store
+    at ``out`` (a path or fsspec URL), appending when it already holds a store. See the module
+    docstring for the steps; raises BadArgumentError for bad arguments, never for a bad record."""
     t0 = time.perf_counter()
     opts = ConvertOptions(rate, window_s, codec, shard_size, min_seconds)
     if not (isinstance(workers, int) and workers >= 1):
         raise BadArgumentError(f"workers: expected a positive integer, got {workers!r}")
+    specs = [sources] if isinstance(sources, (str, os.PathLike)) else list(sources or [])
+    arrays = [is_array_spec(s) for s in specs]
+    if any(arrays):
+        if not all(arrays):
+            wfdb = next(s for s, a in zip(specs, arrays) if not a)
+            raise BadArgumentError(f"sources: expected all WFDB folders or all array inputs, got both ({wfdb})")
+        from zarr_store.array_convert import convert_arrays
+
+        array_opts = ArrayOptions(input_rate, tuple(leads) if leads is not None else None, layout, units, ids)
+        return convert_arrays(specs, out, opts, array_opts, workers, dask, progress, t0)
+    if any(v is not None for v in (input_rate, leads, layout, units, ids)):
+        raise BadArgumentError("input_rate, leads, layout, units, ids: expected only with array inputs "
+                               "(HDF5, .npy, .npz, CODE-15%), got WFDB folders")
     roots = _check_sources(sources)
     url = _check_out(out)
     io = StoreIO(url)

@@ -1,0 +1,285 @@
+"""Array inputs -> the store: ``convert_arrays`` (called by zarr_store.convert.convert when its sources
+are CODE-15% folders, HDF5 datasets or .npy / .npz arrays; see zarr_store.array_sources).
+
+The steps and guarantees are the WFDB converter's (zarr_store.convert), with its pieces: the pending
+marker and conversion id, ``Plan`` (rows in item order, one ShardTask per shard, markers with a
+digest: a killed run, re-run, skips the shards it finished and ends with the same bytes), the
+quarantine report and the provenance. What differs is what a record is: an ArrayRecord (an item of a
+part: its index and valid span), so that
+1. inspection tasks (array_records.inspect_block) read blocks of items, in parallel, and return the
+   rows of each (the valid span from the zero padding fixes the row count: it cannot be predicted
+   from a header, so the WFDB path's predict-then-check scheme does not apply);
+2. shard tasks (``run_array_task``) read their items again, a block at a time, resample LANES items
+   per kernel call and encode their rows. The second read costs ~40 µs an exam of the ~400 spent on
+   it; a part is never whole in memory.
+Items already in the store (same source and record id) are skipped, and an id met twice in one
+conversion is converted once (the second is quarantined as a duplicate).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from collections import Counter
+from dataclasses import asdict
+
+import numpy as np
+
+from zarr_store import hdf5_io, wfdb_io
+from zarr_store.array_records import ArrayRecord, Block, block_signals, inspect_block
+from zarr_store.array_sources import ArrayInput, ArrayOptions, parse_array_sources
+from zarr_store.errors import BadArgumentError
+from zarr_store.meta_io import read_json, write_json, write_metadata, write_node
+from zarr_store.plan import ALREADY, Plan
+from zarr_store.records import BadRecord, _lead_plan
+from zarr_store.runner import Runner
+from zarr_store.shard_writer import StoreIO
+from zarr_store.summary import ConvertSummary, fill_store_sizes
+from zarr_store.tasks import ShardTask, _encoder, _marker, _open_shard, _window
+
+INSPECT = 2048  # items per inspection task
+DUPLICATE_ID = "duplicate id"
+
+
+class ArrayPlan(Plan):
+    """Plan of array items: rows in item order; the source name of each input is stored per row."""
+
+    def __init__(self, url, conv_id, start, opts, names: list[str]):
+        super().__init__(url, conv_id, start, opts, {})
+        self.names = names
+
+    def add(self, r):
+        if isinstance(r, BadRecord):
+            self.bad.append(r)
+            return None
+        self.records.append(r)
+        self.sources.append(self.names[r.source])
+        self.record_ids.append(r.record_id)
+        self.first_rows.append(self.next_row)
+        self.next_row += r.n_windows
+        return r
+
+
+def convert_arrays(specs: list, out, opts, array_opts: ArrayOptions, workers: int, dask, progress: bool,
+                   t0: float) -> ConvertSummary:
+    """See the module docstring; ``opts`` a convert.ConvertOptions. Raises BadArgumentError for bad
+    arguments (a missing csv column, leads that do not fit the signal), never for a bad item."""
+    from zarr_store import convert as c
+
+    inputs = parse_array_sources(specs, array_opts)
+    notes = [_check_leads(inp) for inp in inputs]
+    url = c._check_out(out)
+    io = StoreIO(url)
+    attrs, rows = c._open_or_create(url, opts, io)
+    fingerprint = _fingerprint(inputs, opts, array_opts)
+    for conv in attrs.get("conversions", []):
+        if conv.get("fingerprint") == fingerprint:
+            c._cleanup(io, conv["id"])
+            io.remove_temps()
+            summary = fill_store_sizes(io, rows, opts.window, ConvertSummary(url, report=c._report_path(url)))
+            summary.note = "these sources were already converted into this store with these parameters"
+            summary.seconds = time.perf_counter() - t0
+            return summary
+    pending = read_json(io, c.PENDING_KEY)
+    if pending is not None and pending["fingerprint"] != fingerprint:
+        raise BadArgumentError(f"{url} has an unfinished conversion of {pending['sources']}; "
+                               "run that conversion again to finish it first")
+    if pending is None:
+        start = rows
+        conv_id = f"{fingerprint[:16]}-{start}"
+        write_json(io, c.PENDING_KEY, {"fingerprint": fingerprint, "id": conv_id, "start": start,
+                                       "sources": [i.spec for i in inputs]})
+    else:
+        start, conv_id = int(pending["start"]), pending["id"]
+        io.remove_temps()
+    blocks, parts, bad = _blocks(inputs, opts)
+    stored = c._stored_ids(url, io, start)
+    in_process = (workers == 1 and dask is None) or url.startswith("memory://")
+    plan = ArrayPlan(url, conv_id, start, opts, [i.source for i in inputs])
+    plan.bad += bad
+    from tqdm.auto import tqdm
+
+    n_items = sum(b.hi - b.lo for b in blocks)
+    try:
+        with Runner(1 if in_process else workers, None if in_process else dask) as runner:
+            done = {}
+            for name in io.listdir(f"{c.META}/{conv_id}"):
+                if name.startswith("shard-") and name.endswith(".json"):
+                    marker = read_json(io, f"{c.META}/{conv_id}/{name}")
+                    done[marker["shard"]] = marker
+            with tqdm(total=n_items, unit="ecg", desc="inspect", disable=not progress, dynamic_ncols=True) as bar:
+                already = _assign(plan, blocks, runner, stored, inputs, bar)
+            tasks = [t for t in plan.ready(final=True) if not plan.is_done(t, done)]
+            with tqdm(total=len(plan.records), unit="ecg", desc="convert", disable=not progress,
+                      dynamic_ncols=True) as bar:
+                bar.update(len(plan.records) - sum(len(t.records) for t in tasks))
+                for result in runner.as_completed(run_array_task, [(t, parts) for t in tasks]):
+                    plan.finished(result)
+                    bar.update(result.pop("records"))
+    finally:
+        hdf5_io.close_all()
+    write_metadata(io, plan.records, np.array(plan.first_rows + [plan.next_row], dtype=np.int64),
+                   plan.sources, plan.record_ids, opts.window)
+    summary = ConvertSummary(url, report=c._report_path(url))
+    summary.converted, summary.rows = len(plan.records), plan.next_row - start
+    skipped = Counter(b.reason for b in plan.bad)
+    if already:
+        skipped[ALREADY] = already
+    summary.skipped = dict(sorted(skipped.items()))
+    summary.leads_present = {lead: sum(p.lead_idx[j] >= 0 for p in plan.records)
+                             for j, lead in enumerate(wfdb_io.LEADS)}
+    summary.dropped_signals = dict(sorted(Counter(n for p in plan.records for n in p.dropped).items()))
+    summary.clipped_samples = sum(r["clipped"] for r in plan.results)
+    summary.invalid_samples = sum(r["invalid"] for r in plan.results)
+    summary.shards_written, summary.shards_resumed = plan.written, plan.resumed
+    missing = sum(i.not_in_csv for i in inputs)
+    notes += [f"{missing} exams have no row in exams.csv (no age, sex, labels)"] if missing else []
+    summary.note = "; ".join(n for n in notes if n)
+    summary.seconds = time.perf_counter() - t0
+    _finish(io, conv_id, fingerprint, inputs, opts, array_opts, summary, plan.bad, start, plan.next_row)
+    return fill_store_sizes(io, plan.next_row, opts.window, summary)
+
+
+def _check_leads(inp: ArrayInput) -> str:
+    """The lead names against the first block's limb leads (hdf5_io.check_limb_leads): a failing
+    documented order is a BadArgumentError, a failing given one a note."""
+    _, _, _, sel = _lead_plan(inp.leads)
+    if len(sel) == 0:
+        raise BadArgumentError(f"leads: {inp.spec}: none of {','.join(inp.leads)} is a standard lead")
+    part = next((p for p in inp.parts if not p.error and p.n), None)
+    if part is None:
+        return ""
+    try:
+        x = hdf5_io.read_block(part, 0, min(part.n, 64))
+    except (OSError, ValueError):
+        return ""  # the part's items are quarantined by inspection
+    spans = list(zip(*hdf5_io.scan(x, sel)[:2]))
+    why = hdf5_io.check_limb_leads(x, inp.leads, spans)
+    if not why:
+        return ""
+    if inp.leads_from == "documented":
+        raise BadArgumentError(f"leads: {part.name} is not in CODE-15%'s order {','.join(inp.leads)} "
+                               f"({why}); give the order (--leads)")
+    return f"{inp.source}: the limb leads named {','.join(inp.leads[:6])} fail {why}"
+
+
+def _blocks(inputs: list[ArrayInput], opts) -> tuple[list[Block], dict, list[BadRecord]]:
+    """Inspection tasks, the parts by global number, and the parts quarantined whole."""
+    blocks, parts, bad = [], {}, []
+    for s, inp in enumerate(inputs):
+        for p, part in enumerate(inp.parts):
+            if part.error:
+                reason, _, detail = part.error.partition(": ")
+                bad.append(BadRecord(s, part.name, reason, detail))
+                continue
+            gid = len(parts)
+            parts[gid] = part
+            ids, meta = tuple(inp.ids[p]), None if inp.meta[p] is None else tuple(inp.meta[p])
+            blocks += [Block(s, gid, part, lo, min(lo + INSPECT, part.n), ids, meta, inp.fs, inp.uv, inp.leads,
+                             opts.rate, opts.window, opts.min_seconds) for lo in range(0, part.n, INSPECT)]
+    return blocks, parts, bad
+
+
+def _assign(plan: ArrayPlan, blocks: list[Block], runner: Runner, stored: set, inputs, bar) -> int:
+    """Inspect every block (in parallel, results taken in order) and assign rows; returns the count of
+    items already in the store."""
+    seen, already = set(stored), 0
+    futures = [runner.submit(inspect_block, b) for b in blocks]
+    for b, fut in zip(blocks, futures):
+        for r in fut.result():
+            key = (inputs[r.source].source, r.record_id)
+            if key in stored:
+                already += 1
+            elif key in seen:
+                plan.add(BadRecord(r.source, r.record_id, DUPLICATE_ID, "an earlier item has the same id"))
+            else:
+                seen.add(key)
+                plan.add(r)
+        bar.update(b.hi - b.lo)
+    return already
+
+
+def run_array_task(args: tuple[ShardTask, dict]) -> dict:
+    """Write the shard of ``task`` from its ArrayRecords (``parts``: global part number -> Part), then
+    its marker; returns the marker plus ``records``: the records ending in it (progress)."""
+    task, parts = args
+    io = StoreIO(task.url)
+    encoder = _encoder(task.codec, task.window)
+    base = task.shard * task.shard_size
+    lo = max(task.row_start, task.first_new)
+    clipped = invalid = ending = 0
+    shard = _open_shard(io, task.key, task.shard_size, base, task.first_new)
+    try:
+        for group, firsts in _runs(task):
+            part = parts[group[0].part]
+            i0 = group[0].index
+            x = hdf5_io.read_block(part, i0, group[-1].index + 1)
+            for rec, first, (signal, stats) in zip(group, firsts, block_signals(group, x, i0, task.rate)):
+                j0, j1 = max(lo - first, 0), min(task.row_end - first, rec.n_windows)
+                for j in range(j0, j1):
+                    shard.put(first + j - base, encoder.encode(_window(signal, j, task.window)))
+                if j1 == rec.n_windows:  # a record's samples count once, in the shard of its last row
+                    clipped += stats.clipped
+                    invalid += stats.invalid
+                    ending += 1
+        shard.commit()
+    except BaseException:
+        shard.abort()
+        raise
+    return {**_marker(io, task, clipped, invalid), "records": ending}
+
+
+def _runs(task: ShardTask):
+    """The task's records in runs of one part, at most hdf5_io.BLOCK items apart end to end."""
+    group, firsts = [], []
+    for rec, first in zip(task.records, task.first_rows):
+        if group and (rec.part != group[0].part or rec.index - group[0].index >= hdf5_io.BLOCK
+                      or rec.lead_idx != group[0].lead_idx):
+            yield group, firsts
+            group, firsts = [], []
+        group.append(rec)
+        firsts.append(first)
+    if group:
+        yield group, firsts
+
+
+def _fingerprint(inputs: list[ArrayInput], opts, array_opts: ArrayOptions) -> str:
+    text = json.dumps({"arrays": [i.spec for i in inputs], "options": asdict(opts),
+                       "array_options": asdict(array_opts)}, sort_keys=True)
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def _finish(io, conv_id, fingerprint, inputs, opts, array_opts, summary, bad, start, end) -> None:
+    """The quarantine report and the provenance, as zarr_store.convert._finish writes them."""
+    from zarr_store import convert as c
+
+    report = read_json(io, c.REPORT_KEY) or {"records": []}
+    report["records"] = [r for r in report["records"] if r.get("conversion") != conv_id]
+    for b in bad:
+        report["records"].append({**asdict(b), "source": inputs[b.source].source, "root": inputs[b.source].spec,
+                                  "conversion": conv_id})
+    report["counts"] = dict(sorted(Counter(r["reason"] for r in report["records"]).items()))
+    write_json(io, c.REPORT_KEY, report)
+    provenance = {
+        "id": conv_id, "fingerprint": fingerprint, "finished": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "sources": [i.spec for i in inputs], "parameters": asdict(opts),
+        "array_parameters": {**asdict(array_opts), "rates": [i.fs for i in inputs], "units": [i.units for i in inputs],
+                             "leads": [list(i.leads) for i in inputs], "leads_from": [i.leads_from for i in inputs]},
+        "rows": [start, end], "records_converted": summary.converted, "skipped": summary.skipped,
+        "leads_present": summary.leads_present, "dropped_signals": summary.dropped_signals,
+        "clipped_samples": summary.clipped_samples, "invalid_samples": summary.invalid_samples,
+        "seconds": round(summary.seconds, 3), "shards_resumed": summary.shards_resumed,
+        "versions": {**c._versions(), "h5py": _h5py_version()},
+    }
+    group = read_json(io, "zarr.json")
+    attrs = group["attributes"]
+    attrs.update({"conversions": list(attrs.get("conversions", [])) + [provenance], "quarantine": c.REPORT_KEY})
+    write_node(io, "", group)
+    c._cleanup(io, conv_id)
+
+
+def _h5py_version() -> str:
+    from importlib.metadata import version
+
+    return version("h5py")

@@ -1,0 +1,162 @@
+"""Array items (one exam of an HDF5 part, one item of a .npy / .npz) -> inspection results and store rows.
+
+``inspect_block`` is the WFDB inspection's counterpart (zarr_store.records.inspect_record): it reads a
+block of items once and returns, per item, an ArrayRecord (rows known) or a BadRecord with the same
+reasons (flat, all-NaN, too short, implausible amplitude, truncated, unreadable). ``block_signals``
+turns items into rows exactly as records.record_signal turns a WFDB record into rows: samples in
+float64 µV, no-data (NaN) zeroed and counted, inverted leads negated, resampled as
+scipy.signal.resample_poly does (zarr_store.polyphase), rounded, clipped and counted, int16.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import NamedTuple
+
+import numpy as np
+
+from zarr_store import hdf5_io, sources
+from zarr_store.array_sources import Part
+from zarr_store.polyphase import resample
+from zarr_store.records import (N_LEADS, BadRecord, SignalStats, _implausible, _lead_plan, _present, n_resampled,
+                                resample_ratio, windows_of)
+
+LANES = 16  # items resampled together: their leads side by side, so the kernel's inner loop is long
+
+
+class ArrayRecord(NamedTuple):
+    """PlannedRecord's fields (zarr_store.records; write_metadata and the plan read them), then where the
+    item lies: global ``part`` number, ``index`` in it, ``offset`` of its valid span, and µV per unit.
+    ``path`` names the item and its span (the shard task's digest hashes it)."""
+
+    source: int
+    record_id: str
+    path: str
+    fs: float
+    n: int
+    n_out: int
+    n_windows: int
+    lead_idx: tuple[int, ...]
+    dropped: tuple[str, ...]
+    inverted: tuple[int, ...]
+    wfdb: bool
+    age: float
+    sex: int
+    labels: str
+    strat_fold: int
+    patient_id: str
+    part: int
+    index: int
+    offset: int
+    uv: float
+
+
+@dataclass(frozen=True)
+class Block:
+    """Inspection task: items [lo, hi) of ``part`` (global number ``part_id``) of source ``source``;
+    their ids and csv metadata ((age, sex, labels, patient_id) or None), rate, µV per unit and lead
+    names; the store's rate, window and shortest record (s)."""
+
+    source: int
+    part_id: int
+    part: Part
+    lo: int
+    hi: int
+    ids: tuple[str, ...]
+    meta: tuple | None
+    fs: float
+    uv: float
+    leads: tuple[str, ...]
+    rate: int
+    window: int
+    min_seconds: float
+
+
+def inspect_block(b: Block) -> list[ArrayRecord | BadRecord]:
+    """One result per item of ``b``, in order; never raises for a bad item."""
+    out = []
+    for lo in range(b.lo, b.hi, hdf5_io.BLOCK):
+        hi = min(lo + hdf5_io.BLOCK, b.hi)
+        try:
+            x = hdf5_io.read_block(b.part, lo, hi)
+        except (OSError, ValueError):  # find the items that fail, one by one
+            for i in range(lo, hi):
+                try:
+                    out += _inspect(b, hdf5_io.read_block(b.part, i, i + 1), i)
+                except (OSError, ValueError) as exc:
+                    reason, detail = hdf5_io._why(exc)
+                    out.append(BadRecord(b.source, b.ids[i], reason, sources.escape_name(detail)))
+            continue
+        out += _inspect(b, x, lo)
+    return out
+
+
+def _inspect(b: Block, x: np.ndarray, lo: int) -> list[ArrayRecord | BadRecord]:
+    lead_idx, dropped, inverted, sel = _lead_plan(b.leads)
+    first, end, nans, flat, peak = hdf5_io.scan(x, sel)
+    min_samples = math.ceil(b.min_seconds * b.rate)
+    out = []
+    for k in range(len(x)):
+        i, rid = lo + k, b.ids[lo + k]
+        n = int(end[k] - first[k])
+        if n == 0:
+            out.append(BadRecord(b.source, rid, "flat", "every sample is 0 (padding only)"))
+            continue
+        if nans[k] == n * len(sel):
+            out.append(BadRecord(b.source, rid, "all-NaN", "every standard lead is NaN"))
+            continue
+        if flat[k]:
+            out.append(BadRecord(b.source, rid, "flat", "every standard lead is constant"))
+            continue
+        if not 0.5 <= peak[k] * b.uv <= 32767.5:  # else _implausible finds nothing: skip its cost
+            seg = x[k, first[k] : end[k]][:, sel].astype(np.float64) * b.uv
+            why = _implausible(seg[~np.isnan(seg)], f" (units x{b.uv:g} µV)")
+            if why:
+                out.append(BadRecord(b.source, rid, "implausible amplitude", why))
+                continue
+        n_out = n if b.fs == b.rate else n_resampled(n, b.fs, b.rate)
+        n_windows = windows_of(n_out, b.window, min_samples) if n_out >= min_samples else 0
+        if n_windows == 0:
+            out.append(BadRecord(b.source, rid, "too short", f"{n / b.fs:.3f} s < {b.min_seconds} s"))
+            continue
+        age, sex, labels, patient = b.meta[i] if b.meta is not None else (math.nan, -1, "", "")
+        path = f"{b.part.path}:{b.part.dataset or ''}[{i}]@{int(first[k])}"
+        out.append(ArrayRecord(b.source, rid, path, float(b.fs), n, int(n_out), int(n_windows), lead_idx, dropped,
+                               inverted, False, age, sex, labels, 0, patient, b.part_id, i, int(first[k]), b.uv))
+    return out
+
+
+def block_signals(recs: list[ArrayRecord], x: np.ndarray, base: int, rate: int) -> list[tuple[np.ndarray, SignalStats]]:
+    """(int16 (12, n_out) µV, stats) of each of ``recs`` (items of one part, with one lead plan), read as
+    ``x`` = items [base, base + len(x)) of it (b, t, leads)."""
+    if not recs:
+        return []
+    present, sel, _ = _present(recs[0].lead_idx)
+    n_p = len(present)
+    up, down = resample_ratio(recs[0].fs, rate)
+    out = []
+    for g in range(0, len(recs), LANES):
+        group = recs[g : g + LANES]
+        buf = np.zeros((max(r.n for r in group), n_p * len(group)))
+        invalid = []
+        for j, r in enumerate(group):
+            lanes = buf[: r.n, j * n_p : (j + 1) * n_p]
+            lanes[:] = x[r.index - base, r.offset : r.offset + r.n][:, sel]
+            bad = np.isnan(lanes)
+            invalid.append(int(bad.sum()))
+            if invalid[-1]:
+                lanes[bad] = 0.0
+            lanes *= r.uv
+            if r.inverted:  # before rounding and clipping, as for WFDB records
+                cols = [int(np.flatnonzero(present == jj)[0]) for jj in r.inverted]
+                lanes[:, cols] *= -1.0
+        y = np.rint(resample(buf, up, down))
+        for j, r in enumerate(group):
+            yr = y[: r.n_out, j * n_p : (j + 1) * n_p]
+            over = (yr > 32767) | (yr < -32768)
+            stats = SignalStats(clipped=int(over.sum()), invalid=invalid[j])
+            sig = np.zeros((N_LEADS, r.n_out), dtype=np.int16)
+            sig[present] = np.clip(yr, -32768, 32767).T if stats.clipped else yr.T
+            out.append((sig, stats))
+    return out
