@@ -14,6 +14,7 @@ import math
 from dataclasses import dataclass
 from typing import NamedTuple
 
+import numba as nb
 import numpy as np
 
 from zarr_store import hdf5_io, sources
@@ -133,30 +134,73 @@ def block_signals(recs: list[ArrayRecord], x: np.ndarray, base: int, rate: int) 
     if not recs:
         return []
     present, sel, _ = _present(recs[0].lead_idx)
-    n_p = len(present)
+    sign = np.ones(len(present))
+    sign[[int(np.flatnonzero(present == j)[0]) for j in recs[0].inverted]] = -1.0
     up, down = resample_ratio(recs[0].fs, rate)
     out = []
     for g in range(0, len(recs), LANES):
         group = recs[g : g + LANES]
-        buf = np.zeros((max(r.n for r in group), n_p * len(group)))
-        invalid = []
+        item = np.array([r.index - base for r in group], np.int64)
+        offset = np.array([r.offset for r in group], np.int64)
+        n = np.array([r.n for r in group], np.int64)
+        n_out = np.array([r.n_out for r in group], np.int64)
+        buf = np.empty((int(n.max()), len(present) * len(group)))
+        invalid = _pack(x, item, offset, n, np.ascontiguousarray(sel), group[0].uv, sign, buf)
+        sig = np.empty((len(group), N_LEADS, int(n_out.max())), np.int16)
+        clipped = _unpack(resample(buf, up, down), n_out, present, sig)
         for j, r in enumerate(group):
-            lanes = buf[: r.n, j * n_p : (j + 1) * n_p]
-            lanes[:] = x[r.index - base, r.offset : r.offset + r.n][:, sel]
-            bad = np.isnan(lanes)
-            invalid.append(int(bad.sum()))
-            if invalid[-1]:
-                lanes[bad] = 0.0
-            lanes *= r.uv
-            if r.inverted:  # before rounding and clipping, as for WFDB records
-                cols = [int(np.flatnonzero(present == jj)[0]) for jj in r.inverted]
-                lanes[:, cols] *= -1.0
-        y = np.rint(resample(buf, up, down))
-        for j, r in enumerate(group):
-            yr = y[: r.n_out, j * n_p : (j + 1) * n_p]
-            over = (yr > 32767) | (yr < -32768)
-            stats = SignalStats(clipped=int(over.sum()), invalid=invalid[j])
-            sig = np.zeros((N_LEADS, r.n_out), dtype=np.int16)
-            sig[present] = np.clip(yr, -32768, 32767).T if stats.clipped else yr.T
-            out.append((sig, stats))
+            out.append((sig[j, :, : r.n_out] if r.n_out == sig.shape[2] else np.ascontiguousarray(sig[j, :, : r.n_out]),
+                        SignalStats(clipped=int(clipped[j]), invalid=int(invalid[j]))))
     return out
+
+
+@nb.njit(cache=True, nogil=True)
+def _pack(x, item, offset, n, sel, uv, sign, buf):
+    """buf[t, j * P + c] = lead sel[c] of item j's sample offset[j] + t in µV (NaN -> 0, counted per
+    item and returned; negated where sign is -1), zeros after its n[j] samples: the leads of the group
+    side by side, time-major, as polyphase.resample takes them. The order of operations is
+    records.record_signal's: zero the no-data samples, scale, negate. Time outermost: buf's rows are
+    written whole (item by item, each write would be a cache line of its own: 2.5x slower)."""
+    n_p = len(sel)
+    invalid = np.zeros(len(item), np.int64)
+    for t in range(buf.shape[0]):
+        dst = buf[t]
+        for j in range(len(item)):
+            base = j * n_p
+            if t < n[j]:
+                src = x[item[j], offset[j] + t]
+                for c in range(n_p):
+                    v = np.float64(src[sel[c]])
+                    if v != v:
+                        invalid[j] += 1
+                        v = 0.0
+                    dst[base + c] = (v * uv) * sign[c]
+            else:
+                for c in range(n_p):
+                    dst[base + c] = 0.0
+    return invalid
+
+
+@nb.njit(cache=True, nogil=True)
+def _unpack(y, n_out, present, sig):
+    """sig[j, present[c], t] = y[t, j * P + c] rounded (half to even, as np.rint) and clipped to int16,
+    for t < n_out[j]; the absent leads are 0. Returns the clipped count per item. Time outermost, as
+    in _pack: y's rows are read whole."""
+    n_p = len(present)
+    clipped = np.zeros(len(n_out), np.int64)
+    sig[:] = 0
+    for t in range(y.shape[0]):
+        src = y[t]
+        for j in range(len(n_out)):
+            if t < n_out[j]:
+                base = j * n_p
+                for c in range(n_p):
+                    v = np.rint(src[base + c])
+                    if v > 32767.0:
+                        v = 32767.0
+                        clipped[j] += 1
+                    elif v < -32768.0:
+                        v = -32768.0
+                        clipped[j] += 1
+                    sig[j, present[c], t] = np.int16(v)
+    return clipped

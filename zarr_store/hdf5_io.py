@@ -211,11 +211,13 @@ def scan(x, sel):
     a nonzero sample), the count of NaN samples in it, whether it is flat (every finite sample of a
     lead equals that lead's first one, for every lead) and the largest |value|. All (b,) arrays."""
     b, t, _ = x.shape
+    n_sel = len(sel)
     first = np.zeros(b, np.int64)
     end = np.zeros(b, np.int64)
     nans = np.zeros(b, np.int64)
     flat = np.ones(b, np.bool_)
     peak = np.zeros(b, np.float64)
+    ref = np.empty(n_sel, np.float64)
     for k in range(b):
         lo, hi = 0, t
         while lo < t and _zero_frame(x, k, lo, sel):
@@ -223,20 +225,23 @@ def scan(x, sel):
         while hi > lo and _zero_frame(x, k, hi - 1, sel):
             hi -= 1
         first[k], end[k] = lo, hi
-        for c in sel:
-            ref = np.nan
-            for i in range(lo, hi):
-                v = x[k, i, c]
+        ref[:] = np.nan
+        moved, pk, bad = False, 0.0, 0
+        for i in range(lo, hi):  # frame by frame: the leads of a frame are adjacent in memory
+            for c in range(n_sel):
+                v = np.float64(x[k, i, sel[c]])
                 if v != v:
-                    nans[k] += 1
+                    bad += 1
                     continue
-                if ref != ref:
-                    ref = v
-                elif v != ref:
-                    flat[k] = False
+                r = ref[c]
+                if r != r:
+                    ref[c] = v
+                elif v != r:
+                    moved = True
                 a = abs(v)
-                if a > peak[k]:
-                    peak[k] = a
+                if a > pk:
+                    pk = a
+        nans[k], flat[k], peak[k] = bad, not moved, pk
     return first, end, nans, flat, peak
 
 
