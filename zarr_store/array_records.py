@@ -147,6 +147,8 @@ def block_signals(recs: list[ArrayRecord], x: np.ndarray, base: int, rate: int) 
         buf = np.empty((int(n.max()), len(present) * len(group)))
         invalid = _pack(x, item, offset, n, np.ascontiguousarray(sel), group[0].uv, sign, buf)
         sig = np.empty((len(group), N_LEADS, int(n_out.max())), np.int16)
+        if len(present) < N_LEADS:
+            sig[:] = 0  # the absent leads
         clipped = _unpack(resample(buf, up, down), n_out, present, sig)
         for j, r in enumerate(group):
             out.append((sig[j, :, : r.n_out] if r.n_out == sig.shape[2] else np.ascontiguousarray(sig[j, :, : r.n_out]),
@@ -184,23 +186,31 @@ def _pack(x, item, offset, n, sel, uv, sign, buf):
 @nb.njit(cache=True, nogil=True)
 def _unpack(y, n_out, present, sig):
     """sig[j, present[c], t] = y[t, j * P + c] rounded (half to even, as np.rint) and clipped to int16,
-    for t < n_out[j]; the absent leads are 0. Returns the clipped count per item. Time outermost, as
-    in _pack: y's rows are read whole."""
+    for t < n_out[j] (the rest of sig is left as it was). Returns the clipped count per item. Two
+    passes: round into a time-major int16 copy (contiguous: vectorized), then transpose in tiles of
+    TILE samples; writing sig directly, time outermost, touched a cache line per sample (~1.7x slower)."""
     n_p = len(present)
+    n_t, n_lanes = y.shape
+    tmp = np.empty((n_t, n_lanes), np.int16)
     clipped = np.zeros(len(n_out), np.int64)
-    sig[:] = 0
-    for t in range(y.shape[0]):
-        src = y[t]
+    for t in range(n_t):
         for j in range(len(n_out)):
+            base, cl = j * n_p, 0
+            for c in range(n_p):
+                v = y[t, base + c]
+                cl += (v >= 32767.5) or (v < -32768.5)  # rint(v) outside int16 (32767.5 rounds to even 32768)
+                tmp[t, base + c] = np.int16(np.rint(min(max(v, -32768.0), 32767.0)))
             if t < n_out[j]:
-                base = j * n_p
-                for c in range(n_p):
-                    v = np.rint(src[base + c])
-                    if v > 32767.0:
-                        v = 32767.0
-                        clipped[j] += 1
-                    elif v < -32768.0:
-                        v = -32768.0
-                        clipped[j] += 1
-                    sig[j, present[c], t] = np.int16(v)
+                clipped[j] += cl
+    for t0 in range(0, n_t, TILE):
+        for j in range(len(n_out)):
+            t1 = min(t0 + TILE, n_out[j])
+            for c in range(n_p):
+                row = sig[j, present[c]]
+                col = j * n_p + c
+                for t in range(t0, t1):
+                    row[t] = tmp[t, col]
     return clipped
+
+
+TILE = 256

@@ -225,22 +225,25 @@ def scan(x, sel):
         while hi > lo and _zero_frame(x, k, hi - 1, sel):
             hi -= 1
         first[k], end[k] = lo, hi
-        ref[:] = np.nan
-        moved, pk, bad = False, 0.0, 0
-        for i in range(lo, hi):  # frame by frame: the leads of a frame are adjacent in memory
+        bad, pk = 0, 0.0
+        for i in range(lo, hi):  # branch-free: vectorized
             for c in range(n_sel):
                 v = np.float64(x[k, i, sel[c]])
-                if v != v:
-                    bad += 1
-                    continue
-                r = ref[c]
-                if r != r:
-                    ref[c] = v
-                elif v != r:
-                    moved = True
-                a = abs(v)
-                if a > pk:
-                    pk = a
+                bad += v != v
+                pk = max(pk, abs(v))  # NaN compares false: left out
+        moved = False  # a real ECG moves within its first frames: this loop ends at once
+        ref[:] = np.nan
+        for i in range(lo, hi):
+            for c in range(n_sel):
+                v = np.float64(x[k, i, sel[c]])
+                if v == v:
+                    if ref[c] != ref[c]:
+                        ref[c] = v
+                    elif v != ref[c]:
+                        moved = True
+                        break
+            if moved:
+                break
         nans[k], flat[k], peak[k] = bad, not moved, pk
     return first, end, nans, flat, peak
 

@@ -250,3 +250,23 @@ def test_killed_then_rerun_equals_uninterrupted(tmp_path):
     assert_same_arrays(load(store), load(ref))
     conv = json.loads((store / "zarr.json").read_text())["attributes"]["conversions"]
     assert len(conv) == 1 and conv[0]["shards_resumed"] >= 1
+
+
+def test_nan_and_clipped_samples_counted(tmp_path):
+    """No-data (NaN) samples become 0 and are counted, samples beyond int16 µV are clipped and counted,
+    an all-NaN item is quarantined: as for WFDB records."""
+    rng = np.random.default_rng(4)
+    x = np.stack([_ecg(rng, 5000) for _ in range(3)]).astype(np.float64)  # mV at 500 Hz
+    x[0, 100:110, 3] = np.nan
+    x[1, 2000:2005, 7] = 40.0  # 40 mV: beyond the store's ±32.8 mV
+    x[2] = np.nan
+    np.savez(tmp_path / "x.npz", ecg=x, names=np.array(["a", "b", "c"]))
+    store = tmp_path / "s.zarr"
+    summary = convert([f"{tmp_path / 'x.npz'}:ecg"], store, input_rate=500, units="mV", ids="names",
+                      leads="I,II,III,aVR,aVL,aVF,V1,V2,V3,V4,V5,V6".split(","), progress=False)
+    assert summary.skipped == {"all-NaN": 1} and summary.invalid_samples == 10 and summary.clipped_samples == 5
+    g = zarr.open_group(str(store), mode="r")
+    assert g["record_id"][:].tolist() == ["a", "b"]
+    np.testing.assert_array_equal(g["signals"][0], expected_row(np.nan_to_num(x[0]), 1000.0, 1, 1))
+    np.testing.assert_array_equal(g["signals"][1], expected_row(x[1], 1000.0, 1, 1))
+    assert (g["signals"][1][7, 2000:2005] == 32767).all()
