@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import datetime
 import json
 import math
 import os
@@ -76,7 +77,11 @@ def setup_distributed() -> tuple[int, int, torch.device]:
     world = int(os.environ.get("WORLD_SIZE", "1"))
     cuda = torch.cuda.is_available()
     if world > 1 and not dist.is_initialized():
-        dist.init_process_group(backend="nccl" if cuda else "gloo")
+        # CREMA_DIST_TIMEOUT_S: how long a collective may wait before it fails naming itself (torch's
+        # default is 10-30 minutes: a stuck rank then looks like a silent hang)
+        wait = os.environ.get("CREMA_DIST_TIMEOUT_S")
+        kw = {"timeout": datetime.timedelta(seconds=float(wait))} if wait else {}
+        dist.init_process_group(backend="nccl" if cuda else "gloo", **kw)
         _JOINED = True
     rank = dist.get_rank() if dist.is_initialized() else 0
     world = dist.get_world_size() if dist.is_initialized() else 1

@@ -98,12 +98,19 @@ def test_grad_accumulation_equals_one_batch(demo_store, tmp_path):
 @pytest.mark.slow
 def test_two_process_gloo_matches_one_process(demo_store, tmp_path):
     single = _run(_cfg(), tmp_path / "single", demo_store, 1, [0])
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "CREMA_DDP_WORKER": "1"}
+    # A collective that waits 120 s fails naming itself; a rank stuck elsewhere prints every thread's
+    # stack at 200 s (faulthandler) and exits: either way the failure says where (a bare timeout did not).
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "CREMA_DDP_WORKER": "1", "CREMA_DIST_TIMEOUT_S": "120"}
     env.pop("WORLD_SIZE", None)
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
            __file__, str(tmp_path / "ddp"), demo_store]
-    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        out, _ = proc.communicate(timeout=300)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        out, _ = proc.communicate()
+    assert proc.returncode == 0, out[-6000:]
     ddp = [json.loads(r)["loss"] for r in (tmp_path / "ddp" / "metrics.jsonl").read_text().splitlines()]
     meta = json.loads((tmp_path / "ddp" / "config.json").read_text())
     assert meta["world_size"] == 2  # really two processes, each with 3 of the 6 ECGs
@@ -116,10 +123,13 @@ def test_two_process_gloo_matches_one_process(demo_store, tmp_path):
 
 
 if __name__ == "__main__" and os.environ.get("CREMA_DDP_WORKER"):
+    import faulthandler
+
     import torch.distributed as dist
 
     from crema_fast.train.engine import setup_distributed
 
+    faulthandler.dump_traceback_later(200, exit=True)
     rank, world, _ = setup_distributed()
     _run(_cfg("train.plots=true"), sys.argv[1], sys.argv[2], world, [rank])  # plots: a collective forward
     assert not dist.is_initialized()
