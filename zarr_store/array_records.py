@@ -19,7 +19,7 @@ import numpy as np
 
 from zarr_store import hdf5_io, sources
 from zarr_store.array_sources import Part
-from zarr_store.polyphase import resample
+from zarr_store.polyphase import pads, resample_padded
 from zarr_store.records import (N_LEADS, BadRecord, SignalStats, _implausible, _lead_plan, _present, n_resampled,
                                 resample_ratio, windows_of)
 
@@ -137,6 +137,7 @@ def block_signals(recs: list[ArrayRecord], x: np.ndarray, base: int, rate: int) 
     sign = np.ones(len(present))
     sign[[int(np.flatnonzero(present == j)[0]) for j in recs[0].inverted]] = -1.0
     up, down = resample_ratio(recs[0].fs, rate)
+    lp, rp = (0, 0) if (up, down) == (1, 1) else pads(up, down)
     out = []
     for g in range(0, len(recs), LANES):
         group = recs[g : g + LANES]
@@ -144,12 +145,16 @@ def block_signals(recs: list[ArrayRecord], x: np.ndarray, base: int, rate: int) 
         offset = np.array([r.offset for r in group], np.int64)
         n = np.array([r.n for r in group], np.int64)
         n_out = np.array([r.n_out for r in group], np.int64)
-        buf = np.empty((int(n.max()), len(present) * len(group)))
-        invalid = _pack(x, item, offset, n, np.ascontiguousarray(sel), group[0].uv, sign, buf)
+        n_max = int(n.max())
+        buf = np.empty((lp + n_max + rp, len(present) * len(group)))
+        buf[:lp] = 0.0  # the resampler's zero padding (polyphase.pads)
+        buf[lp + n_max :] = 0.0
+        invalid = _pack(x, item, offset, n, np.ascontiguousarray(sel), group[0].uv, sign, buf[lp : lp + n_max])
         sig = np.empty((len(group), N_LEADS, int(n_out.max())), np.int16)
         if len(present) < N_LEADS:
             sig[:] = 0  # the absent leads
-        clipped = _unpack(resample(buf, up, down), n_out, present, sig)
+        y = buf if (up, down) == (1, 1) else resample_padded(buf, lp, n_max, up, down)
+        clipped = _unpack(y, n_out, present, sig)
         for j, r in enumerate(group):
             out.append((sig[j, :, : r.n_out] if r.n_out == sig.shape[2] else np.ascontiguousarray(sig[j, :, : r.n_out]),
                         SignalStats(clipped=int(clipped[j]), invalid=int(invalid[j]))))
