@@ -151,6 +151,7 @@ class Trainer:
                  progress: bool = True):
         self.cfg, self.run_dir, self.progress = cfg, Path(run_dir), progress
         self.rank, self.world, self.device = setup_distributed()
+        self._in_fit = False  # True while fit() runs: a close() then skips the barrier (see close)
         self.main = self.rank == 0
         if resume is not None:
             check_resume_world(resume, self.world)
@@ -342,6 +343,7 @@ class Trainer:
         t = self.cfg.train
         end = t.steps if stop_at is None else min(stop_at, t.steps)
         start, self.t_start = self.step, time.perf_counter()
+        self._in_fit = True
         if self.main:
             self._prepare_run_dir()
         self.model.train()
@@ -376,6 +378,7 @@ class Trainer:
                 bar.close()
         seconds = time.perf_counter() - self.t_start
         plots = self._plots() if t.plots else []
+        self._in_fit = False
         row = self.last_row
         summary = Summary(str(self.run_dir), start, self.step, row.get("loss", math.nan), row.get("mse", math.nan),
                           row.get("nce", math.nan), done_ecg / seconds if seconds > 0 else 0.0, seconds,
@@ -461,8 +464,25 @@ class Trainer:
         return [str(p) for p in out]
 
     def close(self) -> None:
-        """Leave the process group if ``setup_distributed`` created it."""
+        """Leave the process group if ``setup_distributed`` created it.
+
+        The order matters under gloo. The group goes with its last reference, and its destructor joins
+        gloo's threads while this thread holds the GIL; a gloo thread that is still letting go of a
+        finished collective's tensors needs the GIL for that, so both waited forever (py-spy, 1 of 8
+        2-process runs on a 2-core machine: ~ProcessGroupGloo in std::thread::join beside a gloo thread
+        in ~AsyncAllgatherWork -> gil_scoped_acquire, once DDP's reducer was freed). So: a barrier (no
+        rank is inside a collective), the GIL released for a moment (those threads finish), then DDP
+        and the group go, here rather than whenever the trainer is collected."""
         global _JOINED
         if _JOINED and dist.is_initialized():
+            if self._in_fit:  # fit raised: the other ranks may be inside another collective
+                dist.destroy_process_group()
+                _JOINED = False
+                return
+            dist.barrier()
+            if dist.get_backend() == "gloo":
+                for _ in range(10):
+                    time.sleep(0.01)
+            self.net = self.model
             dist.destroy_process_group()
             _JOINED = False
