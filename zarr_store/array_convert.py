@@ -21,13 +21,13 @@ from __future__ import annotations
 import hashlib
 import json
 import time
-from collections import Counter
+from collections import Counter, deque
 from dataclasses import asdict
 
 import numpy as np
 
 from zarr_store import hdf5_io, wfdb_io
-from zarr_store.array_records import ArrayRecord, Block, block_signals, inspect_block
+from zarr_store.array_records import ArrayRecord, Block, block_signals, inspect_block, read_and_inspect
 from zarr_store.array_sources import ArrayInput, ArrayOptions, parse_array_sources
 from zarr_store.errors import BadArgumentError
 from zarr_store.meta_io import read_json, write_json, write_metadata, write_node
@@ -36,7 +36,7 @@ from zarr_store.records import BadRecord, _lead_plan
 from zarr_store.runner import Runner
 from zarr_store.shard_writer import StoreIO
 from zarr_store.summary import ConvertSummary, fill_store_sizes
-from zarr_store.tasks import ShardTask, _encoder, _marker, _open_shard, _window
+from zarr_store.tasks import ShardStream, ShardTask, _encoder, _marker, _open_shard, _window
 
 INSPECT = 2048  # items per inspection task
 DUPLICATE_ID = "duplicate id"
@@ -108,15 +108,21 @@ def convert_arrays(specs: list, out, opts, array_opts: ArrayOptions, workers: in
                 if name.startswith("shard-") and name.endswith(".json"):
                     marker = read_json(io, f"{c.META}/{conv_id}/{name}")
                     done[marker["shard"]] = marker
-            with tqdm(total=n_items, unit="ecg", desc="inspect", disable=not progress, dynamic_ncols=True) as bar:
-                already = _assign(plan, blocks, runner, stored, inputs, bar)
-            tasks = [t for t in plan.ready(final=True) if not plan.is_done(t, done)]
-            with tqdm(total=len(plan.records), unit="ecg", desc="convert", disable=not progress,
-                      dynamic_ncols=True) as bar:
-                bar.update(len(plan.records) - sum(len(t.records) for t in tasks))
-                for result in runner.as_completed(run_array_task, [(t, parts) for t in tasks]):
-                    plan.finished(result)
-                    bar.update(result.pop("records"))
+            if in_process:  # each block read once: inspected, then its rows encoded at once
+                with tqdm(total=n_items, unit="ecg", desc="convert", disable=not progress,
+                          dynamic_ncols=True) as bar:
+                    already = _stream(plan, blocks, parts, stored, inputs, done, bar)
+            else:
+                with tqdm(total=n_items, unit="ecg", desc="inspect", disable=not progress,
+                          dynamic_ncols=True) as bar:
+                    already = _assign(plan, blocks, runner, stored, inputs, bar)
+                tasks = [t for t in plan.ready(final=True) if not plan.is_done(t, done)]
+                with tqdm(total=len(plan.records), unit="ecg", desc="convert", disable=not progress,
+                          dynamic_ncols=True) as bar:
+                    bar.update(len(plan.records) - sum(len(t.records) for t in tasks))
+                    for result in runner.as_completed(run_array_task, [(t, parts) for t in tasks]):
+                        bar.update(result.pop("records"))
+                        plan.finished(result)
     finally:
         hdf5_io.close_all()
     write_metadata(io, plan.records, np.array(plan.first_rows + [plan.next_row], dtype=np.int64),
@@ -181,23 +187,76 @@ def _blocks(inputs: list[ArrayInput], opts) -> tuple[list[Block], dict, list[Bad
     return blocks, parts, bad
 
 
+def _accept(plan: ArrayPlan, r, seen: set, stored: set, inputs, counts: Counter) -> int | None:
+    """Add inspection result ``r`` to the plan unless its (source, id) is stored (counted) or was met
+    before in this conversion (quarantined as a duplicate); returns its first row when it got rows."""
+    if isinstance(r, ArrayRecord):
+        key = (inputs[r.source].source, r.record_id)
+        if key in stored:
+            counts[ALREADY] += 1
+            return None
+        if key in seen:
+            r = BadRecord(r.source, r.record_id, DUPLICATE_ID, "an earlier item has the same id")
+        seen.add(key)
+    return plan.first_rows[-1] if plan.add(r) is not None else None
+
+
 def _assign(plan: ArrayPlan, blocks: list[Block], runner: Runner, stored: set, inputs, bar) -> int:
-    """Inspect every block (in parallel, results taken in order) and assign rows; returns the count of
-    items already in the store."""
-    seen, already = set(stored), 0
+    """Parallel runs: inspect every block (in parallel, results taken in order) and assign rows;
+    returns the count of items already in the store."""
+    seen, counts = set(stored), Counter()
     futures = [runner.submit(inspect_block, b) for b in blocks]
     for b, fut in zip(blocks, futures):
         for r in fut.result():
-            key = (inputs[r.source].source, r.record_id)
-            if key in stored:
-                already += 1
-            elif key in seen:
-                plan.add(BadRecord(r.source, r.record_id, DUPLICATE_ID, "an earlier item has the same id"))
-            else:
-                seen.add(key)
-                plan.add(r)
+            _accept(plan, r, seen, stored, inputs, counts)
         bar.update(b.hi - b.lo)
-    return already
+    return counts[ALREADY]
+
+
+def _stream(plan: ArrayPlan, blocks: list[Block], parts: dict, stored: set, inputs, done: dict, bar) -> int:
+    """In-process runs: read hdf5_io.BLOCK items, inspect them, assign their rows and encode them from
+    the same samples into their shards' files (tasks.ShardStream), finishing each shard once its rows
+    are known; each item is read once (the parallel path reads it twice). Shards an earlier run
+    finished (``done``) are checked by their marker's digest, and written again by run_array_task
+    when it does not match. Returns the count of items already in the store."""
+    opts = plan.opts
+    stream = ShardStream(plan.url, opts.shard_size, plan.start, opts.rate, opts.window, opts.codec, set(done))
+    seen, counts = set(stored), Counter()
+    waiting: deque = deque()  # tasks whose rows are assigned, not all encoded yet
+
+    def finish(tasks):
+        for task in tasks:
+            if task.shard in stream:
+                plan.finished(stream.finish(task))
+            elif not plan.is_done(task, done):
+                result = run_array_task((task, parts))
+                result.pop("records")
+                plan.finished(result)
+
+    try:
+        for b in blocks:
+            for lo in range(b.lo, b.hi, hdf5_io.BLOCK):
+                hi = min(lo + hdf5_io.BLOCK, b.hi)
+                x, results = read_and_inspect(b, lo, hi)
+                got = [(r, first) for r in results
+                       if (first := _accept(plan, r, seen, stored, inputs, counts)) is not None]
+                if x is None:  # a read failed: the good items one by one
+                    signals = [block_signals([r], hdf5_io.read_block(b.part, r.index, r.index + 1), r.index,
+                                             opts.rate)[0] for r, _ in got]
+                else:
+                    signals = block_signals([r for r, _ in got], x, lo, opts.rate)
+                waiting += plan.ready()
+                for (r, first), signal in zip(got, signals):
+                    stream.add(r, first, signal=signal)
+                    # a shard is finished (marker written) as soon as its last row is encoded: a kill
+                    # loses at most the shard being written
+                    while waiting and waiting[0].row_end <= first + r.n_windows:
+                        finish([waiting.popleft()])
+                bar.update(hi - lo)
+        finish([*waiting, *plan.ready(final=True)])
+    finally:
+        stream.close()
+    return counts[ALREADY]
 
 
 def run_array_task(args: tuple[ShardTask, dict]) -> dict:

@@ -78,19 +78,25 @@ def inspect_block(b: Block) -> list[ArrayRecord | BadRecord]:
     """One result per item of ``b``, in order; never raises for a bad item."""
     out = []
     for lo in range(b.lo, b.hi, hdf5_io.BLOCK):
-        hi = min(lo + hdf5_io.BLOCK, b.hi)
-        try:
-            x = hdf5_io.read_block(b.part, lo, hi)
-        except (OSError, ValueError):  # find the items that fail, one by one
-            for i in range(lo, hi):
-                try:
-                    out += _inspect(b, hdf5_io.read_block(b.part, i, i + 1), i)
-                except (OSError, ValueError) as exc:
-                    reason, detail = hdf5_io._why(exc)
-                    out.append(BadRecord(b.source, b.ids[i], reason, sources.escape_name(detail)))
-            continue
-        out += _inspect(b, x, lo)
+        out += read_and_inspect(b, lo, min(lo + hdf5_io.BLOCK, b.hi))[1]
     return out
+
+
+def read_and_inspect(b: Block, lo: int, hi: int) -> tuple[np.ndarray | None, list[ArrayRecord | BadRecord]]:
+    """(items [lo, hi) of b's part as read, or None when that read failed; their results). A block
+    that fails to read is read again item by item, to quarantine only the items that fail."""
+    try:
+        x = hdf5_io.read_block(b.part, lo, hi)
+    except (OSError, ValueError):
+        out = []
+        for i in range(lo, hi):
+            try:
+                out += _inspect(b, hdf5_io.read_block(b.part, i, i + 1), i)
+            except (OSError, ValueError) as exc:
+                reason, detail = hdf5_io._why(exc)
+                out.append(BadRecord(b.source, b.ids[i], reason, sources.escape_name(detail)))
+        return None, out
+    return x, _inspect(b, x, lo)
 
 
 def _inspect(b: Block, x: np.ndarray, lo: int) -> list[ArrayRecord | BadRecord]:

@@ -160,16 +160,21 @@ class ShardStream:
         self.open: dict[int, list] = {}  # shard -> [ShardFile (None once committed), clipped, invalid]
         self._out = np.empty((N_LEADS, 0), dtype=np.int16)
 
-    def add(self, rec: PlannedRecord, first: int) -> None:
-        """Encode the rows of ``rec`` (first row ``first``) that fall in shards this stream writes."""
+    def add(self, rec: PlannedRecord, first: int, signal=None) -> None:
+        """Encode the rows of ``rec`` (first row ``first``) that fall in shards this stream writes.
+        ``signal``: its (samples, SignalStats) when the caller has them (array items,
+        zarr_store.array_convert), else records.record_signal reads them."""
         rows = range(first, first + rec.n_windows)
         if self.skip:
             rows = [r for r in rows if r // self.size not in self.skip]
         if not rows:
             return
-        if self._out.shape[1] != rec.n_out:
-            self._out = np.empty((N_LEADS, rec.n_out), dtype=np.int16)
-        signal, stats = record_signal(rec, self.rate, out=self._out)  # encoded at once: one buffer serves
+        if signal is not None:
+            signal, stats = signal
+        else:
+            if self._out.shape[1] != rec.n_out:
+                self._out = np.empty((N_LEADS, rec.n_out), dtype=np.int16)
+            signal, stats = record_signal(rec, self.rate, out=self._out)  # encoded at once: one buffer serves
         for r in rows:
             k = r // self.size
             entry = self.open.get(k) or self._new(k)
