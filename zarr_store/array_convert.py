@@ -5,13 +5,15 @@ The steps and guarantees are the WFDB converter's (zarr_store.convert), with its
 marker and conversion id, ``Plan`` (rows in item order, one ShardTask per shard, markers with a
 digest: a killed run, re-run, skips the shards it finished and ends with the same bytes), the
 quarantine report and the provenance. What differs is what a record is: an ArrayRecord (an item of a
-part: its index and valid span), so that
-1. inspection tasks (array_records.inspect_block) read blocks of items, in parallel, and return the
-   rows of each (the valid span from the zero padding fixes the row count: it cannot be predicted
-   from a header, so the WFDB path's predict-then-check scheme does not apply);
-2. shard tasks (``run_array_task``) read their items again, a block at a time, resample LANES items
-   per kernel call and encode their rows. The second read costs ~40 µs an exam of the ~400 spent on
-   it; a part is never whole in memory.
+part: its index and valid span; array_records), whose row count is known only once its samples are
+read (the valid span inside the zero padding), so the WFDB path's predict-from-headers scheme does
+not apply:
+- in-process (``_stream``): BLOCK items are read, inspected, given rows and encoded from the same
+  samples (tasks.ShardStream), LANES items per resampler call; each item is read once;
+- with workers or Dask: inspection tasks (array_records.inspect_block) return the rows of blocks of
+  items, then shard tasks (``run_array_task``) read their items again and encode them. The second
+  read costs ~40 µs an exam of the ~1,500 spent on it.
+A part is never whole in memory.
 Items already in the store (same source and record id) are skipped, and an id met twice in one
 conversion is converted once (the second is quarantined as a duplicate).
 """

@@ -270,3 +270,41 @@ def test_nan_and_clipped_samples_counted(tmp_path):
     np.testing.assert_array_equal(g["signals"][0], expected_row(np.nan_to_num(x[0]), 1000.0, 1, 1))
     np.testing.assert_array_equal(g["signals"][1], expected_row(x[1], 1000.0, 1, 1))
     assert (g["signals"][1][7, 2000:2005] == 32767).all()
+
+
+def test_cli_generic_flags(tmp_path, capsys):
+    """crema-fast convert FILE.npy --input-rate --leads --layout --units: the flags reach the converter,
+    and an error names the flag in one line."""
+    from crema_fast.cli import main
+
+    rng = np.random.default_rng(5)
+    x = np.stack([_ecg(rng, 5000).T * 1000 for _ in range(2)])  # (N, leads, T) µV at 500 Hz
+    np.save(tmp_path / "x.npy", x)
+    base = ["convert", str(tmp_path / "x.npy"), "--no-progress", "--leads", "I,II,III,aVR,aVL,aVF,V1,V2,V3,V4,V5,V6"]
+    assert main([*base, "--out", str(tmp_path / "a.zarr"), "--units", "furlongs", "--input-rate", "500"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "--units" in err[0] and "furlongs" in err[0]
+    assert main([*base, "--out", str(tmp_path / "s.zarr"), "--input-rate", "500", "--layout", "NLT",
+                 "--units", "uV"]) == 0
+    assert "converted      2 records" in capsys.readouterr().out
+    g = zarr.open_group(str(tmp_path / "s.zarr"), mode="r")
+    np.testing.assert_array_equal(g["signals"][1], expected_row(x[1].T, 1.0, 1, 1))
+
+
+def test_duplicate_ids_and_append(tmp_path):
+    """An id met twice in one conversion is converted once (the second quarantined); appending the
+    same items again (another conversion of them) skips them as already in the store."""
+    rng = np.random.default_rng(6)
+    x = np.stack([_ecg(rng, 5000) for _ in range(3)])
+    np.save(tmp_path / "x.npy", x)
+    np.save(tmp_path / "ids.npy", np.array(["p", "q", "p"]))
+    kw = dict(input_rate=500, leads="I,II,III,aVR,aVL,aVF,V1,V2,V3,V4,V5,V6".split(","), ids=str(tmp_path / "ids.npy"),
+              progress=False)
+    store = tmp_path / "s.zarr"
+    first = convert([tmp_path / "x.npy"], store, units="mV", **kw)
+    assert first.converted == 2 and first.skipped == {"duplicate id": 1}
+    again = convert([tmp_path / "x.npy"], store, units="uV", **kw)  # other parameters: a new conversion
+    assert again.converted == 0 and again.skipped == {"already in store": 3}
+    g = zarr.open_group(str(store), mode="r")
+    assert g["record_id"][:].tolist() == ["p", "q"]
+    np.testing.assert_array_equal(g["signals"][1], expected_row(x[1], 1000.0, 1, 1))
