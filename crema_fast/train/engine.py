@@ -322,9 +322,8 @@ class Trainer:
                 out = self._forward(batch)
                 (out.loss / accum).backward()
             terms += torch.stack([out.loss, out.mse, out.nce]).detach().float() / accum
-            # The GPU runs the queued backward meanwhile. Not under gloo on the CPU: 2-process runs hung
-            # there in 1 of 3 tries with prefetch and in none of 4 without (cause not found yet).
-            if self.cfg.train.prefetch and (self.world == 1 or self.device.type == "cuda"):
+            # The GPU runs the queued backward meanwhile.
+            if self.cfg.train.prefetch:
                 t0 = time.perf_counter()
                 self._ahead = self._fetch()
                 wait += time.perf_counter() - t0
