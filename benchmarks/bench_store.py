@@ -445,3 +445,93 @@ def test_bench_convert_scaling(tmp_path):
     print_table(f"convert scaling: wall clock of the whole call, {len(os.sched_getaffinity(0))} cores "
                 f"(load averages {[r['loadavg_1min'] for r in rows[::4]]})", rows, cols)
     record("store", rows)
+
+
+# -- CODE-15%-shaped HDF5 conversion ------------------------------------------------------------------
+
+CODE15_EXAMS = 1000 if QUICK else 20000
+CODE15_LABELS = ("1dAVb", "RBBB", "LBBB", "SB", "ST", "AF")
+
+
+def _code15_folder(folder: Path, heads: list[Path], n: int) -> Path:
+    """A CODE-15%-shaped folder: ``exams_part0.hdf5`` with ``tracings`` (n, 4096, 12) float32 mV at
+    400 Hz (the PTB-XL records, cycled, resampled 500 -> 400 Hz with resample_poly; 7-10 s of each,
+    seeded, centred between zeros as CODE-15% pads) and ``exam_id``; ``exams.csv`` with CODE-15%'s
+    columns. Written 1,000 exams at a time."""
+    import h5py
+    import pandas as pd
+    import wfdb
+    from scipy.signal import resample_poly
+
+    folder.mkdir(parents=True, exist_ok=True)
+    recs = [resample_poly(np.nan_to_num(wfdb.rdsamp(str(h.with_suffix("")))[0]), 4, 5, axis=0).astype(np.float32)
+            for h in heads]
+    rng = np.random.default_rng(15)
+    with h5py.File(folder / "exams_part0.hdf5", "w") as f:
+        ds = f.create_dataset("tracings", (n, 4096, 12), np.float32)
+        block = np.zeros((1000, 4096, 12), np.float32)
+        for lo in range(0, n, 1000):
+            block[:] = 0
+            for k in range(min(1000, n - lo)):
+                valid = int(rng.integers(2800, 4001))
+                a = (4096 - valid) // 2
+                block[k, a : a + valid] = recs[(lo + k) % len(recs)][:valid]
+            ds[lo : lo + min(1000, n - lo)] = block[: min(1000, n - lo)]
+        f["exam_id"] = np.arange(1, n + 1, dtype=np.int64)
+    flags = {name: rng.random(n) < 0.05 for name in CODE15_LABELS}
+    pd.DataFrame({"exam_id": np.arange(1, n + 1), "age": rng.integers(18, 90, n), "is_male": rng.random(n) < 0.5,
+                  "nn_predicted_age": 50.0, **flags, "patient_id": np.arange(n) // 3, "death": False, "timey": 1.0,
+                  "normal_ecg": False, "trace_file": "exams_part0.hdf5"}).to_csv(folder / "exams.csv", index=False)
+    return folder
+
+
+@pytest.mark.skipif(not DATA.is_dir(), reason="needs ../shared/data/ptbxl")
+def test_bench_convert_hdf5(tmp_path):
+    """HDF5 conversion on one core against the WFDB path in the same run: a CODE-15%-shaped part of
+    20,000 exams (1,000 quick; _code15_folder) converted at the default 500 Hz (400 -> 500 Hz
+    resampling, as resample_poly), at --rate 400 (no resampling: the WFDB PTB-XL path's conditions),
+    and the same count of PTB-XL WFDB records (the 500 under 40 source folders) at 500 Hz. ECG per
+    CPU-second, median of rounds interleaved so that other load hits them alike (2; 1 quick); the
+    resampler alone (polyphase.resample on groups of LANES exams) beside them. Rows: stage
+    "convert hdf5" in store.jsonl."""
+    from zarr_store.array_records import LANES
+    from zarr_store.convert import convert
+    from zarr_store.polyphase import resample
+
+    heads = _records()
+    n = CODE15_EXAMS
+    folder = _code15_folder(tmp_path / "code15", heads, n)
+    roots = [str(_archive(tmp_path / f"wfdb{k}", heads)) for k in range(max(1, n // len(heads)))]
+    n_wfdb = len(roots) * len(heads)
+    configs = {"convert(CODE-15% part, 400 -> 500 Hz)": ([folder], {}, n),
+               "convert(CODE-15% part, rate=400: no resampling)": ([folder], {"rate": 400}, n),
+               "convert(WFDB PTB-XL 500 Hz)": (roots, {}, n_wfdb)}
+    rates = {k: [] for k in configs}
+    loads = []
+    with one_core():
+        convert([heads[0].parent], tmp_path / "warm.zarr", progress=False)  # imports, numba caches
+        for _ in range(1 if QUICK else 2):
+            loads.append(os.getloadavg()[0])
+            for name, (src, kw, count) in configs.items():
+                out = tmp_path / "out.zarr"
+                shutil.rmtree(out, ignore_errors=True)
+                c0 = cpu_seconds()
+                summary = convert(src, out, progress=False, **kw)
+                rates[name].append(count / (cpu_seconds() - c0))
+                assert summary.converted == count, (name, summary.skipped)
+        x = np.random.default_rng(0).standard_normal((4096, 12 * LANES))
+        t = _repeat(lambda: resample(x, 5, 4), repeat=5)
+    wfdb_rate = float(np.median(rates["convert(WFDB PTB-XL 500 Hz)"]))
+    rows = []
+    for name, r in rates.items():
+        s = summarize(r)
+        rows.append({"stage": "convert hdf5", "path": name, "pattern": f"{configs[name][2]} exams, one core",
+                     "ecg_s": s["median"], "ecg_s_min": s["min"], "ecg_s_iqr": s["iqr"], "runs": s["n"],
+                     "x_wfdb": s["median"] / wfdb_rate, "loadavg_1min": loads})
+    rows.append({"stage": "convert hdf5", "path": "polyphase.resample 400 -> 500 Hz (float64, = resample_poly)",
+                 "pattern": f"groups of {LANES} exams", "us_per_ecg": 1e6 * float(np.median(t.cpu)) / LANES})
+    print_table("convert hdf5: ECG per CPU-second, one core", rows,
+                ["path", "pattern", "ecg_s", "ecg_s_iqr", "x_wfdb", "us_per_ecg"])
+    record("store", rows)
+    for p in [*tmp_path.glob("*.zarr"), folder, *map(Path, roots)]:  # ~4 GB: not left for pytest's retention
+        shutil.rmtree(p, ignore_errors=True)
