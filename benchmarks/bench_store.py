@@ -19,6 +19,8 @@ Quick mode (CREMA_BENCH_QUICK=1): the first 100 records, one conversion codec (t
 at-scale conversion, reads from a store of 1,024 rows (5 batches a pattern; one timed batch for zarr's
 API and wfdb), no codec variants.
 Rows are appended to benchmarks/results/store.jsonl.
+Two more, run without --benchmark-only: ``test_bench_convert_scaling`` (workers, Dask) and
+``test_bench_convert_hdf5`` (a CODE-15%-shaped HDF5 part against the WFDB path on one core).
 """
 
 from __future__ import annotations

@@ -69,8 +69,13 @@ def convert_arrays(specs: list, out, opts, array_opts: ArrayOptions, workers: in
     arguments (a missing csv column, leads that do not fit the signal), never for a bad item."""
     from zarr_store import convert as c
 
-    inputs = parse_array_sources(specs, array_opts)
-    notes = [_check_leads(inp) for inp in inputs]
+    try:
+        inputs = parse_array_sources(specs, array_opts)
+        notes = [_check_leads(inp) for inp in inputs]
+    finally:
+        # Files are opened again where they are read: an HDF5 handle must not cross a fork into the
+        # worker processes (HDF5 is not fork-safe), nor outlive a failed call.
+        hdf5_io.close_all()
     url = c._check_out(out)
     io = StoreIO(url)
     attrs, rows = c._open_or_create(url, opts, io)
