@@ -399,7 +399,10 @@ def _read_file(path: str, fmt: int, offset: int, count: int, buffer: ReadBuffer 
         fd = os.open(path, os.O_RDONLY)  # os.pread: one copy, and no file object (~2 µs a record)
         try:
             # Before any allocation: a header announcing 10^12 samples once ended in a bare MemoryError.
-            held = max(os.fstat(fd).st_size - offset, 0)
+            st = os.fstat(fd)
+            if not stat.S_ISREG(st.st_mode):  # a folder opens too, and reads as EISDIR
+                raise RecordError(f"unreadable: {os.path.basename(path)} is not a regular file")
+            held = max(st.st_size - offset, 0)
             if held < nbytes:
                 raise RecordError(f"truncated: {os.path.basename(path)} holds {held:,} bytes after offset {offset}, "
                                   f"the header's {count:,} samples need {nbytes:,}")
