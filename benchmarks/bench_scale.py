@@ -20,7 +20,8 @@ batch 12 split over the ranks, for N = 1, 2, 4; ECG/s and seconds from each run'
 step's loss beside the one-process run's (close, not equal: each rank draws its rows, crops and masks
 from its own rank's seed, so N ranks see other views of the batch; tests/test_train/test_ddp.py checks
 exact equality for 2 processes with the data fixed). A run still going after 120 s is killed and
-recorded as ``hung`` (4 ranks on 2 cores sometimes stall, idle).
+recorded as ``hung`` (4 ranks on 2 cores stalled idle in 1 of 3 runs before the gloo teardown deadlock
+was fixed: crema_fast.train.engine.Trainer.close).
 """
 
 from __future__ import annotations
@@ -183,7 +184,7 @@ def _torchrun(n: int, store: Path, out: Path, steps: int, batch: int) -> dict:
            "--out", str(out), "--no-progress", "--set", f"train.batch_size={batch}", "train.log_every=1",
            "train.plots=false", f"train.ckpt_every={steps}"]
     t0 = time.perf_counter()
-    try:  # a good run takes ~15 s; 4 ranks on 2 cores sometimes hang, idle (not understood yet)
+    try:  # a good run takes ~15 s; a stall (the old teardown deadlock) is recorded, not waited for
         proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
     except subprocess.TimeoutExpired:
         return {"stage": "ddp", "processes": n, "global_batch": batch, "hung": True, "timeout_s": 120,
