@@ -80,26 +80,10 @@ def convert_arrays(specs: list, out, opts, array_opts: ArrayOptions, workers: in
     io = StoreIO(url)
     attrs, rows = c._open_or_create(url, opts, io)
     fingerprint = _fingerprint(inputs, opts, array_opts)
-    for conv in attrs.get("conversions", []):
-        if conv.get("fingerprint") == fingerprint:
-            c._cleanup(io, conv["id"])
-            io.remove_temps()
-            summary = fill_store_sizes(io, rows, opts.window, ConvertSummary(url, report=c._report_path(url)))
-            summary.note = "these sources were already converted into this store with these parameters"
-            summary.seconds = time.perf_counter() - t0
-            return summary
-    pending = read_json(io, c.PENDING_KEY)
-    if pending is not None and pending["fingerprint"] != fingerprint:
-        raise BadArgumentError(f"{url} has an unfinished conversion of {pending['sources']}; "
-                               "run that conversion again to finish it first")
-    if pending is None:
-        start = rows
-        conv_id = f"{fingerprint[:16]}-{start}"
-        write_json(io, c.PENDING_KEY, {"fingerprint": fingerprint, "id": conv_id, "start": start,
-                                       "sources": [i.spec for i in inputs]})
-    else:
-        start, conv_id = int(pending["start"]), pending["id"]
-        io.remove_temps()
+    summary = c._already_converted(io, url, attrs, rows, opts, fingerprint, t0)
+    if summary is not None:
+        return summary
+    start, conv_id = c._pending(io, url, fingerprint, rows, [i.spec for i in inputs])
     blocks, parts, bad = _blocks(inputs, opts)
     stored = c._stored_ids(url, io, start)
     in_process = (workers == 1 and dask is None) or url.startswith("memory://")
@@ -110,11 +94,7 @@ def convert_arrays(specs: list, out, opts, array_opts: ArrayOptions, workers: in
     n_items = sum(b.hi - b.lo for b in blocks)
     try:
         with Runner(1 if in_process else workers, None if in_process else dask) as runner:
-            done = {}
-            for name in io.listdir(f"{c.META}/{conv_id}"):
-                if name.startswith("shard-") and name.endswith(".json"):
-                    marker = read_json(io, f"{c.META}/{conv_id}/{name}")
-                    done[marker["shard"]] = marker
+            done = c._markers(io, conv_id)
             if in_process:  # each block read once: inspected, then its rows encoded at once
                 with tqdm(total=n_items, unit="ecg", desc="convert", disable=not progress,
                           dynamic_ncols=True) as bar:

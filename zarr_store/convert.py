@@ -129,28 +129,12 @@ def convert(sources, out, *, rate: int = 500, window_s: float = 10.0, workers: i
     mimic_tables = mimic.find_tables(roots)  # MIMIC-IV-ECG's csv headers checked: may raise too
     attrs, rows = _open_or_create(url, opts, io)
     fingerprint = _fingerprint(roots, opts)
-    for conv in attrs.get("conversions", []):
-        if conv.get("fingerprint") == fingerprint:
-            _cleanup(io, conv["id"])  # a run killed after its provenance was written left these
-            io.remove_temps()
-            summary = fill_store_sizes(io, rows, opts.window, ConvertSummary(url, report=_report_path(url)))
-            summary.note = "these sources were already converted into this store with these parameters"
-            summary.seconds = time.perf_counter() - t0
-            return summary
+    summary = _already_converted(io, url, attrs, rows, opts, fingerprint, t0)
+    if summary is not None:
+        return summary
     # memory:// lives in this process: worker processes (local or Dask) would write into their own.
     in_process = (workers == 1 and dask is None) or any(str(p).startswith("memory://") for p in [url, *roots])
-    pending = read_json(io, PENDING_KEY)
-    if pending is not None and pending["fingerprint"] != fingerprint:
-        raise BadArgumentError(f"{url} has an unfinished conversion of {pending['sources']}; "
-                               "run that conversion again to finish it first")
-    if pending is None:
-        start = rows
-        conv_id = f"{fingerprint[:16]}-{start}"
-        write_json(io, PENDING_KEY, {"fingerprint": fingerprint, "id": conv_id, "start": start,
-                                     "sources": [str(r) for r in roots]})
-    else:  # a killed run: its writers' temporary files go (a shard file is one while it is streamed)
-        start, conv_id = int(pending["start"]), pending["id"]
-        io.remove_temps()
+    start, conv_id = _pending(io, url, fingerprint, rows, [str(r) for r in roots])
     trees = [SourceTree(r) for r in roots]
     # Rows below ``start`` only: a re-run of a conversion killed after writing its metadata must not
     # take its own records for stored ones.
@@ -159,11 +143,7 @@ def convert(sources, out, *, rate: int = 500, window_s: float = 10.0, workers: i
     if not in_process and dask in (None, "local"):
         warm_up(opts.codec, opts.window)  # before the workers are forked from this process
     with Runner(1 if in_process else workers, None if in_process else dask) as runner:
-        done = {}
-        for name in io.listdir(f"{META}/{conv_id}"):
-            if name.startswith("shard-") and name.endswith(".json"):
-                marker = read_json(io, f"{META}/{conv_id}/{name}")
-                done[marker["shard"]] = marker
+        done = _markers(io, conv_id)
         plan = Plan(url, conv_id, start, opts, selection.located)
         from tqdm.auto import tqdm
 
@@ -195,6 +175,46 @@ def convert(sources, out, *, rate: int = 500, window_s: float = 10.0, workers: i
     summary.seconds = time.perf_counter() - t0
     _finish(io, conv_id, fingerprint, roots, trees, opts, summary, bad, start, end)
     return fill_store_sizes(io, plan.next_row, opts.window, summary)
+
+
+def _already_converted(io: StoreIO, url: str, attrs: dict, rows: int, opts: ConvertOptions, fingerprint: str,
+                       t0: float) -> ConvertSummary | None:
+    """The summary of a re-run of a finished conversion (same fingerprint): nothing to do; else None."""
+    for conv in attrs.get("conversions", []):
+        if conv.get("fingerprint") == fingerprint:
+            _cleanup(io, conv["id"])  # a run killed after its provenance was written left these
+            io.remove_temps()
+            summary = fill_store_sizes(io, rows, opts.window, ConvertSummary(url, report=_report_path(url)))
+            summary.note = "these sources were already converted into this store with these parameters"
+            summary.seconds = time.perf_counter() - t0
+            return summary
+    return None
+
+
+def _pending(io: StoreIO, url: str, fingerprint: str, rows: int, sources: list[str]) -> tuple[int, str]:
+    """(first row, conversion id): a new conversion is marked unfinished; a killed one (same
+    fingerprint) continues with its own, and its writers' temporary files go (a shard file is one
+    while it is streamed). Another unfinished conversion is a BadArgumentError."""
+    pending = read_json(io, PENDING_KEY)
+    if pending is not None and pending["fingerprint"] != fingerprint:
+        raise BadArgumentError(f"{url} has an unfinished conversion of {pending['sources']}; "
+                               "run that conversion again to finish it first")
+    if pending is None:
+        conv_id = f"{fingerprint[:16]}-{rows}"
+        write_json(io, PENDING_KEY, {"fingerprint": fingerprint, "id": conv_id, "start": rows, "sources": sources})
+        return rows, conv_id
+    io.remove_temps()
+    return int(pending["start"]), pending["id"]
+
+
+def _markers(io: StoreIO, conv_id: str) -> dict[int, dict]:
+    """shard -> done marker, of the shards conversion ``conv_id`` finished so far."""
+    done = {}
+    for name in io.listdir(f"{META}/{conv_id}"):
+        if name.startswith("shard-") and name.endswith(".json"):
+            marker = read_json(io, f"{META}/{conv_id}/{name}")
+            done[marker["shard"]] = marker
+    return done
 
 
 def _check_sources(sources) -> list:
