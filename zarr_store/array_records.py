@@ -93,7 +93,7 @@ def read_and_inspect(b: Block, lo: int, hi: int) -> tuple[np.ndarray | None, lis
             try:
                 out += _inspect(b, hdf5_io.read_block(b.part, i, i + 1), i)
             except (OSError, ValueError) as exc:
-                reason, detail = hdf5_io._why(exc)
+                reason, detail = hdf5_io.read_error(exc)
                 out.append(BadRecord(b.source, b.ids[i], reason, sources.escape_name(detail)))
         return None, out
     return x, _inspect(b, x, lo)

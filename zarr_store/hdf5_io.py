@@ -44,7 +44,7 @@ def close_all() -> None:
     _OPEN.clear()
 
 
-def _why(exc: Exception) -> tuple[str, str]:
+def read_error(exc: Exception) -> tuple[str, str]:
     """(quarantine reason, detail) of an exception raised opening or reading a part."""
     text = f"{type(exc).__name__}: {exc}"
     return ("truncated" if "truncat" in text.lower() or "eof" in text.lower() else "unreadable"), text
@@ -82,7 +82,7 @@ def open_code15_part(path: os.PathLike, opts: ArrayOptions) -> tuple[Part, list[
         n, t, n_leads = _ntl(ds.shape, layout)
         return Part(path, "hdf5", "tracings", layout, n, t, n_leads), ids, _leads_attr(ds, f)
     except OSError as exc:
-        reason, detail = _why(exc)
+        reason, detail = read_error(exc)
         return Part(path, "hdf5", "tracings", error=f"{reason}: {detail}"), [], None
 
 
