@@ -69,26 +69,27 @@ def select_records(roots: list, names: list[list[str]], trees: list[SourceTree],
             if loc.table is not None:
                 table_names.setdefault(id(loc.table), set()).add(loc.table_name)
     seen, duplicates, already, batches = set(stored), [], 0, []
-    first: dict[tuple[str, str], str] = {}  # (source, record_id) -> the file converted under it now
+    first: dict[tuple[str, str], tuple] = {}  # (source, record_id) -> (root, name) converted under it now
     for s, root in enumerate(roots):
         keep = []
         for name in names[s]:
             loc = located[(s, name)]
             key = (loc.source, loc.record_id)
             if key in seen:
-                where, there = _record_path(root, name), first.get(key)
-                if there is not None and there != where:
-                    duplicates.append(BadRecord(s, name, SAME_ID, f"{where} would be {key[0]}/{key[1]}, the id of "
-                                                f"{there} (converted); convert one of the folders into another store"))
-                else:
-                    already += 1
+                if key in first:  # paths resolved only on a collision (~10 µs a record)
+                    there, where = _record_path(*first[key]), _record_path(root, name)
+                    if there != where:
+                        duplicates.append(BadRecord(s, name, SAME_ID, f"{where} would be {key[0]}/{key[1]}, the id "
+                                                    f"of {there} (converted); convert one of the folders into another store"))
+                        continue
+                already += 1
                 continue
             hr = _higher_rate(loc, table_names, seen)
             if hr is not None:
                 duplicates.append(BadRecord(s, name, DUPLICATE, f"{hr} holds the same ECG at a higher rate"))
                 continue
             seen.add(key)
-            first[key] = _record_path(root, name)
+            first[key] = (root, name)
             keep.append(name)
         batches += [(s, str(root), keep[i : i + BATCH], rate, window, min_seconds)
                     for i in range(0, len(keep), BATCH)]
