@@ -40,9 +40,10 @@ TOL = {
     torch.bfloat16: 3e-2,
 }
 
-# Every N and d value with both dtypes and both mask settings (72 points, about 30 s on one loaded core).
+# Every N and d value with both dtypes and both mask settings, but N = 384 with d = 128 (68 points): those
+# four points cost ~30 s of the suite, and d = 128 meets several key blocks and a ragged one at N = 130.
 GRID = [(n, d, dt, m) for n in (1, 7, 64, 127, 130, 384) for d in (32, 64, 128)
-        for dt in (torch.float32, torch.float16) for m in (False, True)]
+        if (n, d) != (384, 128) for dt in (torch.float32, torch.float16) for m in (False, True)]
 BF16_POINTS = [(7, 32, False), (64, 64, True), (130, 128, True), (127, 64, False)]
 
 
