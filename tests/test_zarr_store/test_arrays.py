@@ -193,13 +193,15 @@ def _generic_h5(path, rng, n=7, t=6000):
 
 def test_generic_hdf5_and_workers(tmp_path):
     """(N, leads, T) at the store rate: 12 s items are two rows (10 s + a 2 s tail); workers=2 and the
-    in-process run write the same store."""
+    in-process run write the same store, and so does a Dask LocalCluster of 2."""
     x = _generic_h5(tmp_path / "x.h5", np.random.default_rng(1))
     one, two = tmp_path / "one.zarr", tmp_path / "two.zarr"
     kw = dict(input_rate=500, units="mV", shard_size=3, progress=False)
     s1 = convert([f"{tmp_path / 'x.h5'}:ecg"], one, **kw)
     convert([f"{tmp_path / 'x.h5'}:ecg"], two, workers=2, **kw)
     assert_same_arrays(load(one), load(two))
+    convert([f"{tmp_path / 'x.h5'}:ecg"], tmp_path / "dask.zarr", dask="local", workers=2, **kw)
+    assert_same_arrays(load(one), load(tmp_path / "dask.zarr"))
     g = zarr.open_group(str(one), mode="r")
     assert s1.skipped == {"flat": 1} and g["record_id"][:].tolist() == [f"rec{k:02d}" for k in range(7) if k != 3
                                                                          for _ in range(2)]
