@@ -28,7 +28,7 @@ from dataclasses import asdict
 
 import numpy as np
 
-from zarr_store import hdf5_io, wfdb_io
+from zarr_store import hdf5_io
 from zarr_store.array_records import ArrayRecord, Block, block_signals, inspect_block, read_and_inspect
 from zarr_store.array_sources import ArrayInput, ArrayOptions, parse_array_sources
 from zarr_store.errors import BadArgumentError
@@ -114,18 +114,7 @@ def convert_arrays(specs: list, out, opts, array_opts: ArrayOptions, workers: in
         hdf5_io.close_all()
     write_metadata(io, plan.records, np.array(plan.first_rows + [plan.next_row], dtype=np.int64),
                    plan.sources, plan.record_ids, opts.window)
-    summary = ConvertSummary(url, report=c._report_path(url))
-    summary.converted, summary.rows = len(plan.records), plan.next_row - start
-    skipped = Counter(b.reason for b in plan.bad)
-    if already:
-        skipped[ALREADY] = already
-    summary.skipped = dict(sorted(skipped.items()))
-    summary.leads_present = {lead: sum(p.lead_idx[j] >= 0 for p in plan.records)
-                             for j, lead in enumerate(wfdb_io.LEADS)}
-    summary.dropped_signals = dict(sorted(Counter(n for p in plan.records for n in p.dropped).items()))
-    summary.clipped_samples = sum(r["clipped"] for r in plan.results)
-    summary.invalid_samples = sum(r["invalid"] for r in plan.results)
-    summary.shards_written, summary.shards_resumed = plan.written, plan.resumed
+    summary = c.plan_summary(url, plan, plan.bad, already, plan.next_row - start)
     missing = sum(i.not_in_csv for i in inputs)
     notes += [f"{missing} exams have no row in exams.csv (no age, sex, labels)"] if missing else []
     summary.note = "; ".join(n for n in notes if n)

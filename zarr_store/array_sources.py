@@ -35,7 +35,7 @@ import numpy as np
 
 from zarr_store.errors import BadArgumentError
 from zarr_store.paths import is_url
-from zarr_store.sources import _patient_id
+from zarr_store.sources import _age, _patient_id
 from zarr_store.wfdb_io import LEADS
 
 CODE15_CSV = "exams.csv"
@@ -211,10 +211,3 @@ def read_exams_csv(path: Path) -> dict[str, tuple[float, int, str, str]]:
         out[_patient_id(exam) or exam.strip()] = (_age(age), sex, labels, _patient_id(patient))
     return out
 
-
-def _age(text: str) -> float:
-    try:
-        v = float(text)
-    except ValueError:
-        return math.nan
-    return v if math.isfinite(v) and v >= 0 else math.nan

@@ -158,18 +158,7 @@ def convert(sources, out, *, rate: int = 500, window_s: float = 10.0, workers: i
                        plan.sources, plan.record_ids, opts.window, extra=joined and joined.columns)
         mimic.write_table(io, joined, start)
     end, bad = plan.next_row, selection.duplicates + plan.bad
-    summary = ConvertSummary(url, report=_report_path(url))
-    summary.converted, summary.rows = len(plan.records), end - start
-    skipped = Counter(b.reason for b in bad)
-    if selection.already:
-        skipped[ALREADY] = selection.already
-    summary.skipped = dict(sorted(skipped.items()))
-    summary.leads_present = {lead: sum(p.lead_idx[j] >= 0 for p in plan.records)
-                             for j, lead in enumerate(wfdb_io.LEADS)}
-    summary.dropped_signals = dict(sorted(Counter(n for p in plan.records for n in p.dropped).items()))
-    summary.clipped_samples = sum(r["clipped"] for r in plan.results)
-    summary.invalid_samples = sum(r["invalid"] for r in plan.results)
-    summary.shards_written, summary.shards_resumed = plan.written, plan.resumed
+    summary = plan_summary(url, plan, bad, selection.already, end - start)
     if in_process and (workers > 1 or dask is not None):
         summary.note = "a memory:// store or source is visible to this process only: ran in-process"
     summary.seconds = time.perf_counter() - t0
@@ -215,6 +204,25 @@ def _markers(io: StoreIO, conv_id: str) -> dict[int, dict]:
             marker = read_json(io, f"{META}/{conv_id}/{name}")
             done[marker["shard"]] = marker
     return done
+
+
+def plan_summary(url: str, plan: Plan, bad: list, already: int, rows: int) -> ConvertSummary:
+    """The summary of what ``plan`` converted (WFDB and array paths alike): counts, skips by reason
+    (``bad`` records and the ``already`` stored ones), leads present, dropped signals, samples clipped
+    or invalid, shards written and resumed."""
+    summary = ConvertSummary(url, report=_report_path(url))
+    summary.converted, summary.rows = len(plan.records), rows
+    skipped = Counter(b.reason for b in bad)
+    if already:
+        skipped[ALREADY] = already
+    summary.skipped = dict(sorted(skipped.items()))
+    summary.leads_present = {lead: sum(p.lead_idx[j] >= 0 for p in plan.records)
+                             for j, lead in enumerate(wfdb_io.LEADS)}
+    summary.dropped_signals = dict(sorted(Counter(n for p in plan.records for n in p.dropped).items()))
+    summary.clipped_samples = sum(r["clipped"] for r in plan.results)
+    summary.invalid_samples = sum(r["invalid"] for r in plan.results)
+    summary.shards_written, summary.shards_resumed = plan.written, plan.resumed
+    return summary
 
 
 def _check_sources(sources) -> list:
