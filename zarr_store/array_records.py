@@ -20,37 +20,17 @@ import numpy as np
 from zarr_store import hdf5_io, sources
 from zarr_store.array_sources import Part
 from zarr_store.polyphase import pads, resample_padded
-from zarr_store.records import (N_LEADS, BadRecord, SignalStats, _implausible, _lead_plan, _present, n_resampled,
-                                resample_ratio, windows_of)
+from zarr_store.records import (N_LEADS, BadRecord, PlannedRecord, SignalStats, _implausible, _lead_plan, _present,
+                                n_resampled, resample_ratio, windows_of)
 
 LANES = 16  # items resampled together: their leads side by side, so the kernel's inner loop is long
 
 
-class ArrayRecord(NamedTuple):
-    """PlannedRecord's fields (zarr_store.records; write_metadata and the plan read them), then where the
-    item lies: global ``part`` number, ``index`` in it, ``offset`` of its valid span, and µV per unit.
-    ``path`` names the item and its span (the shard task's digest hashes it)."""
-
-    source: int
-    record_id: str
-    path: str
-    fs: float
-    n: int
-    n_out: int
-    n_windows: int
-    lead_idx: tuple[int, ...]
-    dropped: tuple[str, ...]
-    inverted: tuple[int, ...]
-    wfdb: bool
-    age: float
-    sex: int
-    labels: str
-    strat_fold: int
-    patient_id: str
-    part: int
-    index: int
-    offset: int
-    uv: float
+# PlannedRecord's fields (zarr_store.records; write_metadata and the plan read them), then where the item
+# lies: global ``part`` number, ``index`` in it, ``offset`` of its valid span, and µV per unit. ``path``
+# names the item and its span (the shard task's digest hashes it).
+ArrayRecord = NamedTuple("ArrayRecord", [*PlannedRecord.__annotations__.items(), ("part", int), ("index", int),
+                                         ("offset", int), ("uv", float)])
 
 
 @dataclass(frozen=True)
