@@ -487,12 +487,38 @@ def _code15_folder(folder: Path, heads: list[Path], n: int) -> Path:
     return folder
 
 
+def _wfdb_400(root: Path, heads: list[Path]) -> Path:
+    """The PTB-XL records resampled 500 -> 400 Hz as _code15_folder makes them, whole (10 s, 4,000
+    samples, where the part's items keep 7-10 s of them), written back as WFDB (format 16, 1000 adu/mV):
+    the WFDB path given the HDF5 path's work, a little more of it."""
+    import wfdb
+    from scipy.signal import resample_poly
+
+    root.mkdir(parents=True, exist_ok=True)
+    for h in heads:
+        x, f = wfdb.rdsamp(str(h.with_suffix("")))
+        x = resample_poly(np.nan_to_num(x), 4, 5, axis=0).astype(np.float32).astype(np.float64)
+        wfdb.wrsamp(h.stem, fs=400, units=["mV"] * 12, sig_name=f["sig_name"], p_signal=x, fmt=["16"] * 12,
+                    adc_gain=[1000.0] * 12, baseline=[0] * 12, write_dir=str(root))
+    (root / "RECORDS").write_text("".join(f"{h.stem}\n" for h in heads))
+    return root
+
+
+def _linked(root: Path, src: Path) -> Path:
+    """A copy of the flat WFDB folder ``src`` of hard links."""
+    root.mkdir(parents=True, exist_ok=True)
+    for f in src.iterdir():
+        os.link(f, root / f.name)
+    return root
+
+
 @pytest.mark.skipif(not DATA.is_dir(), reason="needs ../shared/data/ptbxl")
 def test_bench_convert_hdf5(tmp_path):
     """HDF5 conversion on one core against the WFDB path in the same run: a CODE-15%-shaped part of
     20,000 exams (1,000 quick; _code15_folder) converted at the default 500 Hz (400 -> 500 Hz
     resampling, as resample_poly), at --rate 400 (no resampling: the WFDB PTB-XL path's conditions),
-    and the same count of PTB-XL WFDB records (the 500 under 40 source folders) at 500 Hz. ECG per
+    and the same count of PTB-XL WFDB records (the 500 under 40 source folders) at 500 Hz and, the
+    same work as the HDF5 path, at 400 Hz (_wfdb_400: resampled 400 -> 500 Hz like the part). ECG per
     CPU-second, median of rounds interleaved so that other load hits them alike (2; 1 quick); the
     resampler alone (polyphase.resample on groups of LANES exams) beside them. Rows: stage
     "convert hdf5" in store.jsonl."""
@@ -505,9 +531,12 @@ def test_bench_convert_hdf5(tmp_path):
     folder = _code15_folder(tmp_path / "code15", heads, n)
     roots = [str(_archive(tmp_path / f"wfdb{k}", heads)) for k in range(max(1, n // len(heads)))]
     n_wfdb = len(roots) * len(heads)
+    w400 = _wfdb_400(tmp_path / "w400-0", heads)
+    roots400 = [str(w400)] + [str(_linked(tmp_path / f"w400-{k}", w400)) for k in range(1, len(roots))]
     configs = {"convert(CODE-15% part, 400 -> 500 Hz)": ([folder], {}, n),
                "convert(CODE-15% part, rate=400: no resampling)": ([folder], {"rate": 400}, n),
-               "convert(WFDB PTB-XL 500 Hz)": (roots, {}, n_wfdb)}
+               "convert(WFDB PTB-XL 500 Hz)": (roots, {}, n_wfdb),
+               "convert(WFDB, the same ECGs at 400 Hz, 400 -> 500 Hz)": (roots400, {}, n_wfdb)}
     rates = {k: [] for k in configs}
     loads = []
     with one_core():
@@ -535,5 +564,5 @@ def test_bench_convert_hdf5(tmp_path):
     print_table("convert hdf5: ECG per CPU-second, one core", rows,
                 ["path", "pattern", "ecg_s", "ecg_s_iqr", "x_wfdb", "us_per_ecg"])
     record("store", rows)
-    for p in [*tmp_path.glob("*.zarr"), folder, *map(Path, roots)]:  # ~4 GB: not left for pytest's retention
+    for p in [*tmp_path.glob("*.zarr"), folder, *map(Path, roots), *map(Path, roots400)]:  # ~4 GB: not left for pytest's retention
         shutil.rmtree(p, ignore_errors=True)
