@@ -38,7 +38,7 @@ from zarr_store.records import BadRecord, _lead_plan
 from zarr_store.runner import Runner
 from zarr_store.shard_writer import StoreIO
 from zarr_store.summary import ConvertSummary, fill_store_sizes
-from zarr_store.tasks import ShardStream, ShardTask, _encoder, _marker, _open_shard, _window
+from zarr_store.tasks import ShardStream, ShardTask, _encoder, _marker, _open_shard, put_rows
 
 INSPECT = 2048  # items per inspection task
 DUPLICATE_ID = "duplicate id"
@@ -241,20 +241,15 @@ def run_array_task(args: tuple[ShardTask, dict]) -> dict:
     task, parts = args
     io = StoreIO(task.url)
     encoder = _encoder(task.codec, task.window)
-    base = task.shard * task.shard_size
-    lo = max(task.row_start, task.first_new)
     clipped = invalid = ending = 0
-    shard = _open_shard(io, task.key, task.shard_size, base, task.first_new)
+    shard = _open_shard(io, task.key, task.shard_size, task.shard * task.shard_size, task.first_new)
     try:
         for group, firsts in _runs(task):
             part = parts[group[0].part]
             i0 = group[0].index
             x = hdf5_io.read_block(part, i0, group[-1].index + 1)
             for rec, first, (signal, stats) in zip(group, firsts, block_signals(group, x, i0, task.rate)):
-                j0, j1 = max(lo - first, 0), min(task.row_end - first, rec.n_windows)
-                for j in range(j0, j1):
-                    shard.put(first + j - base, encoder.encode(_window(signal, j, task.window)))
-                if j1 == rec.n_windows:  # a record's samples count once, in the shard of its last row
+                if put_rows(shard, encoder, task, signal, first, rec.n_windows)[1]:
                     clipped += stats.clipped
                     invalid += stats.invalid
                     ending += 1

@@ -57,21 +57,17 @@ def run_shard_task(task: ShardTask, on_rows=None) -> dict:
     no-data sample counts). ``on_rows(n)`` is called as rows are encoded (progress)."""
     io = StoreIO(task.url)
     encoder = _encoder(task.codec, task.window)
-    base = task.shard * task.shard_size
-    shard = _open_shard(io, task.key, task.shard_size, base, task.first_new)
+    shard = _open_shard(io, task.key, task.shard_size, task.shard * task.shard_size, task.first_new)
     try:
-        lo = max(task.row_start, task.first_new)
         clipped = invalid = 0
         for rec, first in zip(task.records, task.first_rows):
             signal, stats = _signal(rec, task.rate)
-            j0, j1 = max(lo - first, 0), min(task.row_end - first, rec.n_windows)
-            for j in range(j0, j1):
-                shard.put(first + j - base, encoder.encode(_window(signal, j, task.window)))
-            if j1 == rec.n_windows:  # count a record's samples once, in the shard holding its last row
+            put, last = put_rows(shard, encoder, task, signal, first, rec.n_windows)
+            if last:
                 clipped += stats.clipped
                 invalid += stats.invalid
-            if on_rows is not None and j1 > j0:
-                on_rows(j1 - j0)
+            if on_rows is not None and put:
+                on_rows(put)
         shard.commit()
     except BaseException:
         shard.abort()
@@ -109,11 +105,9 @@ def run_checked_task(args: tuple[ShardTask, float]) -> dict:
     task, min_seconds = args
     io = StoreIO(task.url)
     encoder = _encoder(task.codec, task.window)
-    base = task.shard * task.shard_size
-    lo = max(task.row_start, task.first_new)
     inspected, ok, clipped, invalid = [], True, 0, 0
     out = np.empty((N_LEADS, 0), dtype=np.int16)
-    shard = _open_shard(io, task.key, task.shard_size, base, task.first_new)
+    shard = _open_shard(io, task.key, task.shard_size, task.shard * task.shard_size, task.first_new)
     try:
         for rec, first in zip(task.records, task.first_rows):
             root = rec.path[: len(rec.path) - len(rec.record_id) - 1]
@@ -130,10 +124,7 @@ def run_checked_task(args: tuple[ShardTask, float]) -> dict:
                 out = np.empty((N_LEADS, real.n_out), dtype=np.int16)
             signal, stats = record_signal(real, task.rate, out=out)
             release_cache(real.path)
-            j0, j1 = max(lo - first, 0), min(task.row_end - first, real.n_windows)
-            for j in range(j0, j1):
-                shard.put(first + j - base, encoder.encode(_window(signal, j, task.window)))
-            if j1 == real.n_windows:  # a record's samples count once, in the shard holding its last row
+            if put_rows(shard, encoder, task, signal, first, real.n_windows)[1]:
                 clipped += stats.clipped
                 invalid += stats.invalid
         if ok:
@@ -262,6 +253,18 @@ def _window(signal: np.ndarray, j: int, window: int) -> np.ndarray:
 # The last record converted, kept while the next shard may need it: a record longer than a shard
 # (a Holter recording) spans consecutive shards, and in-process they run one after the other.
 _LAST: list = [None, None, None]
+
+
+def put_rows(shard: ShardFile, encoder: ChunkEncoder, task: ShardTask, signal: np.ndarray, first: int,
+             n_windows: int) -> tuple[int, bool]:
+    """Encode the rows of one record (first row ``first``, ``n_windows`` rows, samples ``signal``) that
+    fall in ``task``'s shard into ``shard``: (rows written, whether the record's last row is among them,
+    so that its sample counts belong to this shard, counted once)."""
+    base = task.shard * task.shard_size
+    j0, j1 = max(max(task.row_start, task.first_new) - first, 0), min(task.row_end - first, n_windows)
+    for j in range(j0, j1):
+        shard.put(first + j - base, encoder.encode(_window(signal, j, task.window)))
+    return max(j1 - j0, 0), j1 == n_windows
 
 
 def _signal(rec: PlannedRecord, rate: int):
