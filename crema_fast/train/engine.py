@@ -467,21 +467,17 @@ class Trainer:
 
         The order matters under gloo. The group goes with its last reference, and its destructor joins
         gloo's threads while this thread holds the GIL; a gloo thread that is still letting go of a
-        finished collective's tensors needs the GIL for that, so both waited forever (py-spy, 1 of 8
+        finished collective's tensors needs the GIL for that, so both waited forever (py-spy, 1 of 6
         2-process runs on a 2-core machine: ~ProcessGroupGloo in std::thread::join beside a gloo thread
         in ~AsyncAllgatherWork -> gil_scoped_acquire, once DDP's reducer was freed). So: a barrier (no
         rank is inside a collective), the GIL released for a moment (those threads finish), then DDP
         and the group go, here rather than whenever the trainer is collected."""
         global _JOINED
         if _JOINED and dist.is_initialized():
-            if self._in_fit:  # fit raised: the other ranks may be inside another collective
-                dist.destroy_process_group()
-                _JOINED = False
-                return
-            dist.barrier()
-            if dist.get_backend() == "gloo":
-                for _ in range(10):
-                    time.sleep(0.01)
-            self.net = self.model
+            if not self._in_fit:  # after fit() raised, the other ranks may be inside another collective
+                dist.barrier()
+                if dist.get_backend() == "gloo":
+                    time.sleep(0.1)  # releases the GIL
+                self.net = self.model
             dist.destroy_process_group()
             _JOINED = False
