@@ -76,7 +76,7 @@ def select_records(roots: list, names: list[list[str]], trees: list[SourceTree],
             loc = located[(s, name)]
             key = (loc.source, loc.record_id)
             if key in seen:
-                if key in first:  # paths resolved only on a collision (~10 µs a record)
+                if key in first:  # paths resolved only on a collision (realpath: a syscall per component)
                     there, where = _record_path(*first[key]), _record_path(root, name)
                     if there != where:
                         duplicates.append(BadRecord(s, name, SAME_ID, f"{where} would be {key[0]}/{key[1]}, the id "
