@@ -35,7 +35,7 @@ from zarr_store.errors import BadArgumentError
 from zarr_store.meta_io import read_json, write_json, write_metadata, write_node
 from zarr_store.plan import ALREADY, Plan
 from zarr_store.records import BadRecord, _lead_plan
-from zarr_store.runner import Runner
+from zarr_store.runner import Runner, frozen_heap
 from zarr_store.shard_writer import StoreIO
 from zarr_store.summary import ConvertSummary, fill_store_sizes
 from zarr_store.tasks import ShardStream, ShardTask, _encoder, _marker, _open_shard, put_rows
@@ -93,7 +93,7 @@ def convert_arrays(specs: list, out, opts, array_opts: ArrayOptions, workers: in
 
     n_items = sum(b.hi - b.lo for b in blocks)
     try:
-        with Runner(1 if in_process else workers, None if in_process else dask) as runner:
+        with frozen_heap(), Runner(1 if in_process else workers, None if in_process else dask) as runner:
             done = c._markers(io, conv_id)
             if in_process:  # each block read once: inspected, then its rows encoded at once
                 with tqdm(total=n_items, unit="ecg", desc="convert", disable=not progress,

@@ -37,6 +37,7 @@ conversion (same sources and parameters) does nothing. One conversion at a time 
 from __future__ import annotations
 
 import functools
+import gc
 import hashlib
 import json
 import math
@@ -54,7 +55,7 @@ from zarr_store.errors import BadArgumentError
 from zarr_store.meta_io import read_json, template, write_json, write_metadata, write_node
 from zarr_store.paths import is_url, local_path, url_fs
 from zarr_store.plan import ALREADY, Plan, run_parallel, run_streaming, select_records
-from zarr_store.runner import Runner
+from zarr_store.runner import Runner, frozen_heap
 from zarr_store.shard_writer import CODECS, StoreIO
 from zarr_store.sources import SourceTree, discover_records
 from zarr_store.summary import ConvertSummary, fill_store_sizes
@@ -135,14 +136,18 @@ def convert(sources, out, *, rate: int = 500, window_s: float = 10.0, workers: i
     # memory:// lives in this process: worker processes (local or Dask) would write into their own.
     in_process = (workers == 1 and dask is None) or any(str(p).startswith("memory://") for p in [url, *roots])
     start, conv_id = _pending(io, url, fingerprint, rows, [str(r) for r in roots])
-    trees = [SourceTree(r) for r in roots]
-    # Rows below ``start`` only: a re-run of a conversion killed after writing its metadata must not
-    # take its own records for stored ones.
-    selection = select_records(roots, names, trees, _stored_ids(url, io, start), opts.rate, opts.window,
-                               opts.min_seconds)
     if not in_process and dask in (None, "local"):
-        warm_up(opts.codec, opts.window)  # before the workers are forked from this process
-    with Runner(1 if in_process else workers, None if in_process else dask) as runner:
+        # Before the workers are forked from this process, so that they inherit it. Each warming up
+        # itself as it starts, while this process selects the records, measured slower: 6.5 s
+        # against 5.9 s for 20,000 records (workers=2; medians of 3), with 2.3 s more of the workers' CPU.
+        warm_up(opts.codec, opts.window)
+    with frozen_heap(), Runner(1 if in_process else workers, None if in_process else dask) as runner:
+        trees = [SourceTree(r) for r in roots]
+        # Rows below ``start`` only: a re-run of a conversion killed after writing its metadata must not
+        # take its own records for stored ones.
+        selection = select_records(roots, names, trees, _stored_ids(url, io, start), opts.rate, opts.window,
+                                   opts.min_seconds)
+        gc.freeze()  # the selection's objects too: they live as long as the conversion (frozen_heap)
         done = _markers(io, conv_id)
         plan = Plan(url, conv_id, start, opts, selection.located)
         from tqdm.auto import tqdm

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import gc
 import sys
 import threading
 from concurrent.futures import Future
+from contextlib import contextmanager
 
 from zarr_store.errors import BadArgumentError
 
@@ -35,6 +37,22 @@ def _die_with_parent() -> None:
         import signal
 
         ctypes.CDLL(None).prctl(1, int(signal.SIGKILL))  # PR_SET_PDEATHSIG
+
+
+@contextmanager
+def frozen_heap():
+    """Garbage collection skips the objects that exist on entry (gc.freeze; call gc.freeze() again
+    inside to add later ones), until exit. Why: a conversion holds a few objects per record for its
+    whole run (names, located records, planned rows), and each of Python's full collections walks
+    them all; in a forked worker a collection also writes to every object it inherited, copying the
+    parent's pages. Measured on 20,000 PTB-XL records on our 2-core VM: the parent's prediction of a
+    record took 83 µs with collections, 26 µs without; a conversion with workers=2 took 7.2 s of
+    wall clock and 10.0 s of its workers' CPU with them, 5.4 s and 7.5 s without (one run each)."""
+    gc.freeze()
+    try:
+        yield
+    finally:
+        gc.unfreeze()
 
 
 class Runner:
