@@ -7,7 +7,8 @@ inspections arrive and hands out each shard's task as soon as its rows are known
 (in-process) and ``run_parallel`` (processes, Dask) run them.
 
 The parallel path reads each record once: rows are assigned from *predicted* records
-(``predict_record``: the header and the signal files' sizes, ~15 µs a record, in this process), and
+(``predict_record``: the header and the signal files' sizes, ~26 µs a PTB-XL record, in this
+process), and
 each shard task inspects its records as it reads them and writes its shard only when every
 inspection agrees (tasks.run_checked_task). A record the prediction got wrong (flat or all no-data
 samples, a read error: known only from the samples) stops new tasks; once the running ones are back
