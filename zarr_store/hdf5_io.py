@@ -3,7 +3,8 @@ per-item facts inspection needs: the valid span inside the zero padding, no-data
 
 Blocks are (b, t, leads) whatever the file's layout; a task reads BLOCK items at a time, so no part
 is ever whole in memory (a CODE-15% part is ~20,000 x 4096 x 12 float32 = 3.9 GB). An .npz member
-cannot be sliced on disk: it is loaded whole, once per process (documented in the README).
+stored uncompressed (np.savez) is memory-mapped inside the zip file; a compressed one
+(np.savez_compressed) cannot be sliced on disk and is loaded whole, once per process (README).
 
 Padding: CODE-15% centres 7-10 s of signal in 4096 samples with zeros on both sides. The valid span
 of an item is from its first to its last frame in which some standard lead is not exactly 0.0 (a
@@ -165,11 +166,41 @@ def _numpy_array(path: str, name: str | None, kind: str):
                 name = name or _only(path, [k for k in z.files if z[k].ndim == 3])
                 if name not in z.files:
                     raise BadArgumentError(f"source {path}: no array {name!r} (got {z.files})")
-                _OPEN[f"{path}:{name}"] = z[name]
-            key = f"{path}:{name}"
+                key = f"{path}:{name}"
+                arr = _npz_member_map(path, name)
+                _OPEN[key] = arr if arr is not None else z[name]
         return _OPEN[key]
     except (OSError, ValueError) as exc:
         raise BadArgumentError(f"source {path}: not a readable {kind} file ({exc})") from None
+
+
+def _npz_member_map(path: str, name: str) -> np.memmap | None:
+    """Member ``name`` of an .npz memory-mapped where it is stored uncompressed (np.savez): the .npy
+    bytes then lie as they are inside the zip file, after its local file header (30 bytes plus the
+    name and extra fields). None for a compressed member (np.savez_compressed), which must be
+    decompressed whole, or an object array."""
+    import zipfile
+
+    with zipfile.ZipFile(path) as z:
+        info = z.getinfo(f"{name}.npy")
+    if info.compress_type != zipfile.ZIP_STORED:
+        return None
+    with open(path, "rb") as f:
+        f.seek(info.header_offset)
+        local = f.read(30)
+        if local[:4] != b"PK\x03\x04":
+            return None
+        start = info.header_offset + 30 + int.from_bytes(local[26:28], "little") + int.from_bytes(local[28:30], "little")
+        f.seek(start)
+        version = np.lib.format.read_magic(f)
+        read = {(1, 0): np.lib.format.read_array_header_1_0, (2, 0): np.lib.format.read_array_header_2_0}.get(version)
+        if read is None:  # a newer format: left to np.load
+            return None
+        shape, fortran, dtype = read(f)
+        offset = f.tell()
+    if dtype.hasobject or fortran:
+        return None
+    return np.memmap(path, dtype=dtype, mode="r", offset=offset, shape=shape)
 
 
 def _numpy_ids(path: str, ids: str) -> np.ndarray:

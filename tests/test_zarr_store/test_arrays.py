@@ -274,6 +274,30 @@ def test_nan_and_clipped_samples_counted(tmp_path):
     assert (g["signals"][1][7, 2000:2005] == 32767).all()
 
 
+@pytest.mark.parametrize("save", [np.savez, np.savez_compressed])
+def test_npz_member_mapped_when_stored(tmp_path, save):
+    """An .npz member that np.savez stored as it is gets memory-mapped inside the zip (never whole in
+    memory); a compressed one is loaded. Both convert to the rows of the array itself."""
+    from zarr_store import hdf5_io
+
+    rng = np.random.default_rng(6)
+    x = np.stack([_ecg(rng, 5000) for _ in range(3)]).astype(np.float32)  # mV at 500 Hz, (N, T, leads)
+    save(tmp_path / "x.npz", first=np.arange(4), ecg=x)  # another member before it: a nonzero offset
+    try:
+        member = hdf5_io._numpy_array(str(tmp_path / "x.npz"), "ecg", "npz")
+        assert isinstance(member, np.memmap) == (save is np.savez)
+        np.testing.assert_array_equal(member, x)
+    finally:
+        hdf5_io.close_all()
+    store = tmp_path / "s.zarr"
+    summary = convert([f"{tmp_path / 'x.npz'}:ecg"], store, input_rate=500, units="mV", progress=False,
+                      leads="I,II,III,aVR,aVL,aVF,V1,V2,V3,V4,V5,V6".split(","))
+    assert summary.converted == 3
+    g = zarr.open_group(str(store), mode="r")
+    for i in range(3):
+        np.testing.assert_array_equal(g["signals"][i], expected_row(x[i].astype(np.float64), 1000.0, 1, 1))
+
+
 def test_cli_generic_flags(tmp_path, capsys):
     """crema-fast convert FILE.npy --input-rate --leads --layout --units: the flags reach the converter,
     and an error names the flag in one line."""
