@@ -86,7 +86,9 @@ def convert_arrays(specs: list, out, opts, array_opts: ArrayOptions, workers: in
     start, conv_id = c._pending(io, url, fingerprint, rows, [i.spec for i in inputs])
     blocks, parts, bad = _blocks(inputs, opts)
     stored = c._stored_ids(url, io, start)
-    in_process = (workers == 1 and dask is None) or url.startswith("memory://")
+    # memory:// lives in this process: worker processes would read and write their own (convert.convert)
+    in_process = (workers == 1 and dask is None) or any(str(x).startswith("memory://")
+                                                        for x in [url, *(i.spec for i in inputs)])
     plan = ArrayPlan(url, conv_id, start, opts, [i.source for i in inputs])
     plan.bad += bad
     from tqdm.auto import tqdm
@@ -117,6 +119,8 @@ def convert_arrays(specs: list, out, opts, array_opts: ArrayOptions, workers: in
     summary = c.plan_summary(url, plan, plan.bad, already, plan.next_row - start)
     missing = sum(i.not_in_csv for i in inputs)
     notes += [f"{missing} exams have no row in exams.csv (no age, sex, labels)"] if missing else []
+    if in_process and (workers > 1 or dask is not None):
+        notes.append("a memory:// store or source is visible to this process only: ran in-process")
     summary.note = "; ".join(n for n in notes if n)
     summary.seconds = time.perf_counter() - t0
     _finish(io, conv_id, fingerprint, inputs, opts, array_opts, summary, plan.bad, start, plan.next_row)

@@ -34,7 +34,7 @@ from pathlib import Path
 import numpy as np
 
 from zarr_store.errors import BadArgumentError
-from zarr_store.paths import is_url
+from zarr_store.paths import is_url, local_path, url_fs
 from zarr_store.sources import _age, _patient_id
 from zarr_store.wfdb_io import LEADS
 
@@ -74,7 +74,7 @@ class ArrayOptions:
 
 @dataclass(frozen=True)
 class Part:
-    """One array of items, as a task reads it: ``path`` (a local file), ``kind`` ("hdf5", "npy",
+    """One array of items, as a task reads it: ``path`` (a local file or an fsspec URL), ``kind`` ("hdf5", "npy",
     "npz"), ``dataset`` (HDF5 dataset / npz member; None for npy), ``layout``, shape (n items, t
     samples, n_leads) in NTL terms. ``error``: why the file cannot be read (a truncated HDF5 part),
     the part is then quarantined as a whole."""
@@ -118,13 +118,20 @@ def is_array_spec(spec) -> bool:
     """True when ``spec`` names an array input (a file with an array suffix, optionally ``:name``,
     or a CODE-15% folder), False for anything else (WFDB folders, URLs)."""
     text = str(spec)
-    if is_url(text):
-        return False
     path, _ = split_spec(text)
     if path.lower().endswith(ARRAY_SUFFIXES):
         return True
+    if is_url(text):  # a CODE-15% folder on object storage: exams.csv beside its parts
+        fs, inner = url_fs(text.rstrip("/"))
+        return fs.isfile(f"{inner}/{CODE15_CSV}") and bool(_code15_parts(fs.ls(inner, detail=False)))
     p = Path(path)
     return p.is_dir() and (p / CODE15_CSV).is_file() and any(CODE15_PART.match(f.name) for f in p.iterdir())
+
+
+def _code15_parts(names) -> list[tuple[int, str]]:
+    """(k, file name) of the exams_part<k>.hdf5 among ``names`` (paths or names), in order of k."""
+    return sorted((int(m.group(1)), base) for n in names
+                  if (m := CODE15_PART.match(base := str(n).rstrip("/").rsplit("/", 1)[-1])))
 
 
 def split_spec(text: str) -> tuple[str, str | None]:
@@ -140,24 +147,37 @@ def parse_array_sources(specs: list, opts: ArrayOptions) -> list[ArrayInput]:
     inputs = []
     for spec in specs:
         path, name = split_spec(str(spec))
-        p = Path(path)
-        if not p.exists():
-            raise BadArgumentError(f"source {path}: no such file or folder")
-        if p.is_dir():
-            inputs.append(_code15(p.resolve(), opts))
+        if is_url(path):  # fsspec: HDF5 files and CODE-15% folders (hdf5_io reads them in blocks)
+            fs, inner = url_fs(path.rstrip("/"))
+            if not fs.exists(inner):
+                raise BadArgumentError(f"source {path}: no such file or folder")
+            is_dir, where = fs.isdir(inner), path.rstrip("/")
         else:
-            inputs.append(hdf5_io.open_generic(p.resolve(), name, opts))
+            p = Path(local_path(path))
+            if not p.exists():
+                raise BadArgumentError(f"source {path}: no such file or folder")
+            is_dir, where = p.is_dir(), str(p.resolve())
+        if is_dir:
+            inputs.append(_code15(where, opts))
+        else:
+            inputs.append(hdf5_io.open_generic(where, name, opts))
     return inputs
 
 
-def _code15(folder: Path, opts: ArrayOptions) -> ArrayInput:
+def _code15(folder: str, opts: ArrayOptions) -> ArrayInput:
+    """A CODE-15% folder (a local path or an fsspec URL) as an ArrayInput."""
     from zarr_store import hdf5_io
 
-    files = sorted((int(m.group(1)), f) for f in folder.iterdir() if (m := CODE15_PART.match(f.name)))
-    table = read_exams_csv(folder / CODE15_CSV)
+    if is_url(folder):
+        fs, inner = url_fs(folder)
+        names = fs.ls(inner, detail=False)
+    else:
+        names = os.listdir(folder)
+    files = [f"{folder}/{base}" for _, base in _code15_parts(names)]
+    table = read_exams_csv(f"{folder}/{CODE15_CSV}")
     parts, ids, meta, missing = [], [], [], 0
     attr_leads = None
-    for _, f in files:
+    for f in files:
         part, part_ids, leads = hdf5_io.open_code15_part(f, opts)
         parts.append(part)
         ids.append(part_ids)
@@ -168,10 +188,11 @@ def _code15(folder: Path, opts: ArrayOptions) -> ArrayInput:
             missing += row is None
             rows.append(row if row is not None else (math.nan, -1, "", ""))
         meta.append(rows)
-    leads, leads_from = resolve_leads(attr_leads, opts.leads, default=LEADS, where=f"{folder.name}")
+    name = folder.rstrip("/").rsplit("/", 1)[-1]
+    leads, leads_from = resolve_leads(attr_leads, opts.leads, default=LEADS, where=name)
     units = opts.units or "mV"
     fs = float(opts.input_rate or CODE15_RATE)
-    return ArrayInput(str(folder), folder.name, parts, ids, meta, fs, UNITS_UV[units.lower()], units, leads,
+    return ArrayInput(folder, name, parts, ids, meta, fs, UNITS_UV[units.lower()], units, leads,
                       leads_from, missing)
 
 
@@ -190,12 +211,18 @@ def resolve_leads(attr: tuple[str, ...] | None, option: tuple[str, ...] | None, 
     return tuple(default), "documented"
 
 
-def read_exams_csv(path: Path) -> dict[str, tuple[float, int, str, str]]:
-    """exam_id (as text) -> (age, sex: 0 male / 1 female / -1 unknown, labels, patient id)."""
+def read_exams_csv(path: str) -> dict[str, tuple[float, int, str, str]]:
+    """exam_id (as text) -> (age, sex: 0 male / 1 female / -1 unknown, labels, patient id); ``path`` a
+    local path or an fsspec URL."""
     import pandas as pd
 
-    if not path.is_file():
-        raise BadArgumentError(f"source {path.parent}: no {CODE15_CSV}")
+    if is_url(path):
+        fs, inner = url_fs(path)
+        exists = fs.isfile(inner)
+    else:
+        exists = os.path.isfile(path)
+    if not exists:
+        raise BadArgumentError(f"source {path.rsplit('/', 1)[0]}: no {CODE15_CSV}")
     df = pd.read_csv(path, dtype=str, keep_default_na=False)
     missing = [c for c in CODE15_COLUMNS if c not in df.columns]
     if missing:

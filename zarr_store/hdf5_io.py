@@ -20,6 +20,7 @@ import numpy as np
 
 from zarr_store.array_sources import LEAD_ATTRS, UNITS_UV, ArrayInput, ArrayOptions, Part, resolve_leads
 from zarr_store.errors import BadArgumentError
+from zarr_store.paths import is_url, local_path, url_fs
 
 BLOCK = 256  # items per read: 256 x 4096 x 12 float32 = 50 MB at most
 ID_NAMES = ("exam_id", "ids", "record_id")
@@ -27,22 +28,34 @@ ID_NAMES = ("exam_id", "ids", "record_id")
 _OPEN: dict[str, object] = {}  # path -> open h5py.File / np.memmap / npz member, per process
 
 
+_URL_FILES: list = []  # fsspec file objects under the h5py files of URLs, closed with them
+URL_BLOCK = 8 << 20  # bytes per request when h5py reads a URL: a block of 256 CODE-15% exams is 50 MB
+
+
 def _h5(path: str):
+    """The open h5py.File of a local path or an fsspec URL (read through an fsspec file object)."""
     import h5py
 
     f = _OPEN.get(path)
     if f is None:
-        f = _OPEN[path] = h5py.File(path, "r")
+        if is_url(path):
+            fs, inner = url_fs(path)
+            handle = fs.open(inner, "rb", block_size=URL_BLOCK)
+            _URL_FILES.append(handle)
+            f = _OPEN[path] = h5py.File(handle, "r")
+        else:
+            f = _OPEN[path] = h5py.File(local_path(path), "r")
     return f
 
 
 def close_all() -> None:
     """Close every file this process opened (after a conversion: a re-run may rewrite them)."""
-    for f in _OPEN.values():
+    for f in [*_OPEN.values(), *_URL_FILES]:
         close = getattr(f, "close", None)
         if close is not None:
             close()
     _OPEN.clear()
+    _URL_FILES.clear()
 
 
 def read_error(exc: Exception) -> tuple[str, str]:
@@ -105,6 +118,9 @@ def open_generic(path, name: str | None, opts: ArrayOptions) -> ArrayInput:
     names or the layout are not given and the file does not tell."""
     path = str(path)
     kind = "npy" if path.lower().endswith(".npy") else "npz" if path.lower().endswith(".npz") else "hdf5"
+    if kind != "hdf5" and is_url(path):  # np.load maps local files only; over a URL it would read it whole
+        raise BadArgumentError(f"source {path}: .npy and .npz arrays are read from local files; "
+                               "give a local path, or store the array as HDF5 to read it from a URL")
     attr_leads, id_values = None, None
     if kind == "hdf5":
         try:

@@ -229,6 +229,38 @@ def test_npy_units_and_rate(tmp_path):
         np.testing.assert_array_equal(g["signals"][k], expected_row(x[k], 1e6, 2, 1))
 
 
+def test_code15_from_urls_equals_local(code15, tmp_path):
+    """A CODE-15% folder and an HDF5 file read through fsspec URLs: memory:// (in-process; workers=2
+    asked for, noted) and local:// (a URL every local worker process can open: the workers' path)
+    give the local conversion's arrays."""
+    import fsspec
+
+    folder, _, _, store, _ = code15
+    mem = fsspec.filesystem("memory")
+    mem.put(str(folder), "/u/code15", recursive=True)
+    try:
+        a = tmp_path / "mem.zarr"
+        summary = convert(["memory://u/code15"], a, shard_size=4, workers=2, progress=False)
+        assert "memory://" in summary.note and summary.converted == 9
+        assert_same_arrays(load(a), load(store))
+        b = tmp_path / "local.zarr"
+        convert([f"local://{folder}"], b, shard_size=4, workers=2, progress=False)
+        assert_same_arrays(load(b), load(store))
+        part = sorted(folder.glob("exams_part*.hdf5"))[0]
+        c = tmp_path / "h5.zarr"
+        convert([f"memory://u/code15/{part.name}:tracings"], c, input_rate=400, units="mV", progress=False,
+                leads="I,II,III,aVR,aVL,aVF,V1,V2,V3,V4,V5,V6".split(","))
+        d = tmp_path / "h5local.zarr"
+        convert([f"{part}:tracings"], d, input_rate=400, units="mV", progress=False,
+                leads="I,II,III,aVR,aVL,aVF,V1,V2,V3,V4,V5,V6".split(","))
+        assert_same_arrays(load(c), load(d))
+        mem.pipe("/u/code15/x.npy", b"")
+        with pytest.raises(BadArgumentError, match="local files"):
+            convert(["memory://u/code15/x.npy"], tmp_path / "npy.zarr", input_rate=400, progress=False)
+    finally:
+        mem.rm("/u/code15", recursive=True)
+
+
 def test_killed_then_rerun_equals_uninterrupted(tmp_path):
     folder = tmp_path / "code15"
     write_code15(folder, sizes=(12, 12), seed=3)
