@@ -59,7 +59,7 @@ if str(REPO) not in sys.path:  # run as a script from anywhere
 import numba as nb  # noqa: E402
 import numpy as np  # noqa: E402
 
-from zarr_store.convert import ConvertOptions, _open_or_create, _versions  # noqa: E402
+from zarr_store.convert import ConvertOptions, open_or_create, store_versions  # noqa: E402
 from zarr_store.errors import BadArgumentError  # noqa: E402
 from zarr_store.meta_io import read_json, write_metadata, write_node  # noqa: E402
 from zarr_store.paths import is_url, local_path  # noqa: E402
@@ -318,13 +318,13 @@ def synth_store(n, out, *, seed: int = 0, sources=None, recipe: Recipe = Recipe(
     roots = tuple(str(Path(s).resolve()) for s in (sources if sources is not None else default_sources()))
     if not roots:
         raise BadArgumentError("sources: expected at least one folder of WFDB records, got none")
-    final, build = _check_out(out, overwrite)
+    final, build = check_out(out, overwrite)
     if build.startswith("memory://"):
         workers = 1
     src = load_sources(roots, opts.rate, opts.window, max_sources)  # before anything is written: may raise
     io = StoreIO(build)
     try:
-        _open_or_create(build, opts, io)
+        open_or_create(build, opts, io)
         jobs = [ShardJob(build, k, k * shard_size, min((k + 1) * shard_size, n), seed, recipe, roots, max_sources,
                          opts.rate, opts.window, codec, shard_size) for k in range(-(-n // shard_size))]
         dominant = np.empty(n, dtype=np.int32)
@@ -365,7 +365,7 @@ def synth_store(n, out, *, seed: int = 0, sources=None, recipe: Recipe = Recipe(
     return summary
 
 
-def _check_out(out, overwrite: bool) -> tuple[str, str]:
+def check_out(out, overwrite: bool) -> tuple[str, str]:
     """(the store's final location, where it is built): a local store in a temporary folder beside it."""
     if not isinstance(out, (str, os.PathLike)) or not str(out):
         raise BadArgumentError(f"OUT: expected a path or fsspec URL, got {out!r}")
@@ -406,7 +406,7 @@ def _write_provenance(io: StoreIO, src: Sources, opts: ConvertOptions, seed: int
         "rng": "numpy default_rng([seed, shard]); draws a, b, w, sa, sb, stretch, gain (module docstring)",
         "parameters": asdict(opts), "sources": list(src.roots), "source_records": list(src.names),
         "sources_skipped": dict(src.skipped), "clipped_samples": summary["clipped_samples"],
-        "seconds": summary["seconds"], "versions": {**_versions(), "numba": nb.__version__},
+        "seconds": summary["seconds"], "versions": {**store_versions(), "numba": nb.__version__},
     }
     group = read_json(io, "zarr.json")
     attrs = group["attributes"]

@@ -34,11 +34,11 @@ from zarr_store.array_sources import ArrayInput, ArrayOptions, parse_array_sourc
 from zarr_store.errors import BadArgumentError
 from zarr_store.meta_io import read_json, write_json, write_metadata, write_node
 from zarr_store.plan import ALREADY, Plan
-from zarr_store.records import BadRecord, _lead_plan
+from zarr_store.records import BadRecord, lead_plan
 from zarr_store.runner import Runner, frozen_heap
 from zarr_store.shard_writer import StoreIO
 from zarr_store.summary import ConvertSummary, fill_store_sizes
-from zarr_store.tasks import ShardStream, ShardTask, _encoder, _marker, _open_shard, put_rows
+from zarr_store.tasks import ShardStream, ShardTask, chunk_encoder, write_marker, open_shard, put_rows
 
 INSPECT = 2048  # items per inspection task
 DUPLICATE_ID = "duplicate id"
@@ -76,16 +76,16 @@ def convert_arrays(specs: list, out, opts, array_opts: ArrayOptions, workers: in
         # Files are opened again where they are read: an HDF5 handle must not cross a fork into the
         # worker processes (HDF5 is not fork-safe), nor outlive a failed call.
         hdf5_io.close_all()
-    url = c._check_out(out)
+    url = c.check_out(out)
     io = StoreIO(url)
-    attrs, rows = c._open_or_create(url, opts, io)
+    attrs, rows = c.open_or_create(url, opts, io)
     fingerprint = _fingerprint(inputs, opts, array_opts)
-    summary = c._already_converted(io, url, attrs, rows, opts, fingerprint, t0)
+    summary = c.already_converted(io, url, attrs, rows, opts, fingerprint, t0)
     if summary is not None:
         return summary
-    start, conv_id = c._pending(io, url, fingerprint, rows, [i.spec for i in inputs])
+    start, conv_id = c.mark_pending(io, url, fingerprint, rows, [i.spec for i in inputs])
     blocks, parts, bad = _blocks(inputs, opts)
-    stored = c._stored_ids(url, io, start)
+    stored = c.stored_ids(url, io, start)
     # memory:// lives in this process: worker processes would read and write their own (convert.convert)
     in_process = (workers == 1 and dask is None) or any(str(x).startswith("memory://")
                                                         for x in [url, *(i.spec for i in inputs)])
@@ -96,7 +96,7 @@ def convert_arrays(specs: list, out, opts, array_opts: ArrayOptions, workers: in
     n_items = sum(b.hi - b.lo for b in blocks)
     try:
         with frozen_heap(), Runner(1 if in_process else workers, None if in_process else dask) as runner:
-            done = c._markers(io, conv_id)
+            done = c.done_markers(io, conv_id)
             if in_process:  # each block read once: inspected, then its rows encoded at once
                 with tqdm(total=n_items, unit="ecg", desc="convert", disable=not progress,
                           dynamic_ncols=True) as bar:
@@ -130,7 +130,7 @@ def convert_arrays(specs: list, out, opts, array_opts: ArrayOptions, workers: in
 def _check_leads(inp: ArrayInput) -> str:
     """The lead names against the first block's limb leads (hdf5_io.check_limb_leads): a failing
     documented order is a BadArgumentError, a failing given one a note."""
-    _, _, _, sel = _lead_plan(inp.leads)
+    _, _, _, sel = lead_plan(inp.leads)
     if len(sel) == 0:
         raise BadArgumentError(f"leads: {inp.spec}: none of {','.join(inp.leads)} is a standard lead")
     part = next((p for p in inp.parts if not p.error and p.n), None)
@@ -244,9 +244,9 @@ def run_array_task(args: tuple[ShardTask, dict]) -> dict:
     its marker; returns the marker plus ``records``: the records ending in it (progress)."""
     task, parts = args
     io = StoreIO(task.url)
-    encoder = _encoder(task.codec, task.window)
+    encoder = chunk_encoder(task.codec, task.window)
     clipped = invalid = ending = 0
-    shard = _open_shard(io, task.key, task.shard_size, task.shard * task.shard_size, task.first_new)
+    shard = open_shard(io, task.key, task.shard_size, task.shard * task.shard_size, task.first_new)
     try:
         for group, firsts in _runs(task):
             part = parts[group[0].part]
@@ -261,7 +261,7 @@ def run_array_task(args: tuple[ShardTask, dict]) -> dict:
     except BaseException:
         shard.abort()
         raise
-    return {**_marker(io, task, clipped, invalid), "records": ending}
+    return {**write_marker(io, task, clipped, invalid), "records": ending}
 
 
 def _runs(task: ShardTask):
@@ -304,13 +304,13 @@ def _finish(io, conv_id, fingerprint, inputs, opts, array_opts, summary, bad, st
         "leads_present": summary.leads_present, "dropped_signals": summary.dropped_signals,
         "clipped_samples": summary.clipped_samples, "invalid_samples": summary.invalid_samples,
         "seconds": round(summary.seconds, 3), "shards_resumed": summary.shards_resumed,
-        "versions": {**c._versions(), "h5py": _h5py_version()},
+        "versions": {**c.store_versions(), "h5py": _h5py_version()},
     }
     group = read_json(io, "zarr.json")
     attrs = group["attributes"]
     attrs.update({"conversions": list(attrs.get("conversions", [])) + [provenance], "quarantine": c.REPORT_KEY})
     write_node(io, "", group)
-    c._cleanup(io, conv_id)
+    c.cleanup_conversion(io, conv_id)
 
 
 def _h5py_version() -> str:

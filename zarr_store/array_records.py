@@ -20,8 +20,8 @@ import numpy as np
 from zarr_store import hdf5_io, sources
 from zarr_store.array_sources import Part
 from zarr_store.polyphase import pads, resample_padded
-from zarr_store.records import (N_LEADS, BadRecord, PlannedRecord, SignalStats, _implausible, _lead_plan, _present,
-                                n_resampled, resample_ratio, windows_of)
+from zarr_store.records import (N_LEADS, BadRecord, PlannedRecord, SignalStats, implausible_reason, lead_plan,
+                                present_leads, n_resampled, resample_ratio, windows_of)
 
 LANES = 16  # items resampled together: their leads side by side, so the kernel's inner loop is long
 
@@ -80,7 +80,7 @@ def read_and_inspect(b: Block, lo: int, hi: int) -> tuple[np.ndarray | None, lis
 
 
 def _inspect(b: Block, x: np.ndarray, lo: int) -> list[ArrayRecord | BadRecord]:
-    lead_idx, dropped, inverted, sel = _lead_plan(b.leads)
+    lead_idx, dropped, inverted, sel = lead_plan(b.leads)
     first, end, nans, flat, peak = hdf5_io.scan(x, sel)
     min_samples = math.ceil(b.min_seconds * b.rate)
     out = []
@@ -96,9 +96,9 @@ def _inspect(b: Block, x: np.ndarray, lo: int) -> list[ArrayRecord | BadRecord]:
         if flat[k]:
             out.append(BadRecord(b.source, rid, "flat", "every standard lead is constant"))
             continue
-        if not 0.5 <= peak[k] * b.uv <= 32767.5:  # else _implausible finds nothing: skip its cost
+        if not 0.5 <= peak[k] * b.uv <= 32767.5:  # else implausible_reason finds nothing: skip its cost
             seg = x[k, first[k] : end[k]][:, sel].astype(np.float64) * b.uv
-            why = _implausible(seg[~np.isnan(seg)], f" (units x{b.uv:g} µV)")
+            why = implausible_reason(seg[~np.isnan(seg)], f" (units x{b.uv:g} µV)")
             if why:
                 out.append(BadRecord(b.source, rid, "implausible amplitude", why))
                 continue
@@ -119,7 +119,7 @@ def block_signals(recs: list[ArrayRecord], x: np.ndarray, base: int, rate: int) 
     ``x`` = items [base, base + len(x)) of it (b, t, leads)."""
     if not recs:
         return []
-    present, sel, _ = _present(recs[0].lead_idx)
+    present, sel, _ = present_leads(recs[0].lead_idx)
     sign = np.ones(len(present))
     sign[[int(np.flatnonzero(present == j)[0]) for j in recs[0].inverted]] = -1.0
     up, down = resample_ratio(recs[0].fs, rate)

@@ -35,7 +35,7 @@ import numpy as np
 
 from zarr_store.errors import BadArgumentError
 from zarr_store.paths import is_url, local_path, url_fs
-from zarr_store.sources import _age, _patient_id
+from zarr_store.sources import parse_age, parse_patient_id
 from zarr_store.wfdb_io import LEADS
 
 CODE15_CSV = "exams.csv"
@@ -235,6 +235,6 @@ def read_exams_csv(path: str) -> dict[str, tuple[float, int, str, str]]:
         labels = ",".join(name for name, f in zip(CODE15_LABELS, flags[k]) if f)
         m = male.strip().lower()
         sex = 0 if m in true else 1 if m in ("false", "0", "0.0", "no") else -1
-        out[_patient_id(exam) or exam.strip()] = (_age(age), sex, labels, _patient_id(patient))
+        out[parse_patient_id(exam) or exam.strip()] = (parse_age(age), sex, labels, parse_patient_id(patient))
     return out
 

@@ -124,18 +124,18 @@ def convert(sources, out, *, rate: int = 500, window_s: float = 10.0, workers: i
         raise BadArgumentError("input_rate, leads, layout, units, ids: expected only with array inputs "
                                "(HDF5, .npy, .npz, CODE-15%), got WFDB folders")
     roots = _check_sources(sources)
-    url = _check_out(out)
+    url = check_out(out)
     io = StoreIO(url)
     names = _discover(roots)  # before creating anything: may raise
     mimic_tables = mimic.find_tables(roots)  # MIMIC-IV-ECG's csv headers checked: may raise too
-    attrs, rows = _open_or_create(url, opts, io)
+    attrs, rows = open_or_create(url, opts, io)
     fingerprint = _fingerprint(roots, opts)
-    summary = _already_converted(io, url, attrs, rows, opts, fingerprint, t0)
+    summary = already_converted(io, url, attrs, rows, opts, fingerprint, t0)
     if summary is not None:
         return summary
     # memory:// lives in this process: worker processes (local or Dask) would write into their own.
     in_process = (workers == 1 and dask is None) or any(str(p).startswith("memory://") for p in [url, *roots])
-    start, conv_id = _pending(io, url, fingerprint, rows, [str(r) for r in roots])
+    start, conv_id = mark_pending(io, url, fingerprint, rows, [str(r) for r in roots])
     if not in_process and dask in (None, "local"):
         # Before the workers are forked from this process, so that they inherit it. Each warming up
         # itself as it starts, while this process selects the records, measured slower: 6.5 s
@@ -145,10 +145,10 @@ def convert(sources, out, *, rate: int = 500, window_s: float = 10.0, workers: i
         trees = [SourceTree(r) for r in roots]
         # Rows below ``start`` only: a re-run of a conversion killed after writing its metadata must not
         # take its own records for stored ones.
-        selection = select_records(roots, names, trees, _stored_ids(url, io, start), opts.rate, opts.window,
+        selection = select_records(roots, names, trees, stored_ids(url, io, start), opts.rate, opts.window,
                                    opts.min_seconds)
         gc.freeze()  # the selection's objects too: they live as long as the conversion (frozen_heap)
-        done = _markers(io, conv_id)
+        done = done_markers(io, conv_id)
         plan = Plan(url, conv_id, start, opts, selection.located)
         from tqdm.auto import tqdm
 
@@ -171,12 +171,12 @@ def convert(sources, out, *, rate: int = 500, window_s: float = 10.0, workers: i
     return fill_store_sizes(io, plan.next_row, opts.window, summary)
 
 
-def _already_converted(io: StoreIO, url: str, attrs: dict, rows: int, opts: ConvertOptions, fingerprint: str,
+def already_converted(io: StoreIO, url: str, attrs: dict, rows: int, opts: ConvertOptions, fingerprint: str,
                        t0: float) -> ConvertSummary | None:
     """The summary of a re-run of a finished conversion (same fingerprint): nothing to do; else None."""
     for conv in attrs.get("conversions", []):
         if conv.get("fingerprint") == fingerprint:
-            _cleanup(io, conv["id"])  # a run killed after its provenance was written left these
+            cleanup_conversion(io, conv["id"])  # a run killed after its provenance was written left these
             io.remove_temps()
             summary = fill_store_sizes(io, rows, opts.window, ConvertSummary(url, report=_report_path(url)))
             summary.note = "these sources were already converted into this store with these parameters"
@@ -185,7 +185,7 @@ def _already_converted(io: StoreIO, url: str, attrs: dict, rows: int, opts: Conv
     return None
 
 
-def _pending(io: StoreIO, url: str, fingerprint: str, rows: int, sources: list[str]) -> tuple[int, str]:
+def mark_pending(io: StoreIO, url: str, fingerprint: str, rows: int, sources: list[str]) -> tuple[int, str]:
     """(first row, conversion id): a new conversion is marked unfinished; a killed one (same
     fingerprint) continues with its own, and its writers' temporary files go (a shard file is one
     while it is streamed). Another unfinished conversion is a BadArgumentError."""
@@ -201,7 +201,7 @@ def _pending(io: StoreIO, url: str, fingerprint: str, rows: int, sources: list[s
     return int(pending["start"]), pending["id"]
 
 
-def _markers(io: StoreIO, conv_id: str) -> dict[int, dict]:
+def done_markers(io: StoreIO, conv_id: str) -> dict[int, dict]:
     """shard -> done marker, of the shards conversion ``conv_id`` finished so far."""
     done = {}
     for name in io.listdir(f"{META}/{conv_id}"):
@@ -257,7 +257,7 @@ def _not_a_store(url, got: str) -> BadArgumentError:
     return BadArgumentError(f"out {url}: expected a crema-fast store or a new path, got {got}")
 
 
-def _check_out(out) -> str:
+def check_out(out) -> str:
     if is_url(out):
         return str(out).rstrip("/")
     p = Path(local_path(out))
@@ -268,7 +268,7 @@ def _check_out(out) -> str:
     return str(p.resolve())
 
 
-def _open_or_create(url: str, opts: ConvertOptions, io: StoreIO) -> tuple[dict, int]:
+def open_or_create(url: str, opts: ConvertOptions, io: StoreIO) -> tuple[dict, int]:
     """The store's group attributes and row count; a new store is created (its zarr.json files
     written directly, as zarr writes them: zarr's machinery cost ~6 ms per conversion)."""
     try:
@@ -317,7 +317,7 @@ def _open_or_create(url: str, opts: ConvertOptions, io: StoreIO) -> tuple[dict, 
     return attrs, int(signals["shape"][0])
 
 
-def _stored_ids(url: str, io: StoreIO, rows: int) -> set[tuple[str, str]]:
+def stored_ids(url: str, io: StoreIO, rows: int) -> set[tuple[str, str]]:
     """(source, record_id) of the store's rows [0, rows)."""
     if rows == 0 or not (io.exists("source/zarr.json") and io.exists("record_id/zarr.json")):
         return set()
@@ -344,7 +344,7 @@ def _discover(roots: list) -> list[list[str]]:
 
 
 @functools.lru_cache(maxsize=1)
-def _versions() -> dict[str, str]:
+def store_versions() -> dict[str, str]:
     """Versions of the packages that shape the store (importlib.metadata costs ~3 ms: looked up once)."""
     from importlib.metadata import version
 
@@ -368,17 +368,17 @@ def _finish(io: StoreIO, conv_id, fingerprint, roots, trees, opts, summary, bad,
         "leads_present": summary.leads_present, "dropped_signals": summary.dropped_signals,
         "clipped_samples": summary.clipped_samples, "invalid_samples": summary.invalid_samples,
         "seconds": round(summary.seconds, 3), "shards_resumed": summary.shards_resumed,
-        "versions": _versions(),
+        "versions": store_versions(),
     }
     # one update, one write of the group's zarr.json (zarr's attrs.update writes the same bytes)
     group = read_json(io, "zarr.json")
     attrs = group["attributes"]
     attrs.update({"conversions": list(attrs.get("conversions", [])) + [provenance], "quarantine": REPORT_KEY})
     write_node(io, "", group)
-    _cleanup(io, conv_id)
+    cleanup_conversion(io, conv_id)
 
 
-def _cleanup(io: StoreIO, conv_id: str) -> None:
+def cleanup_conversion(io: StoreIO, conv_id: str) -> None:
     pending = read_json(io, PENDING_KEY)
     if pending is not None and pending["id"] == conv_id:
         io.remove_tree(PENDING_KEY)

@@ -39,7 +39,7 @@ import numpy as np
 
 from zarr_store.errors import BadArgumentError
 from zarr_store.paths import is_url, url_fs
-from zarr_store.sources import _patient_id
+from zarr_store.sources import parse_patient_id
 
 RECORD_LIST = "record_list.csv"
 MEASUREMENTS = "machine_measurements.csv"
@@ -142,8 +142,8 @@ def _record_list(table: MimicTable) -> dict[str, tuple[str, str, str]]:
     if table._records is None:
         df = _read_csv(_join(table.folder, RECORD_LIST), usecols=list(RECORD_LIST_COLUMNS))
         paths = [re.sub(r"\.(hea|dat)$", "", p.strip().lstrip("./")) for p in df["path"].tolist()]
-        table._records = dict(zip(paths, zip(map(_patient_id, df["subject_id"].tolist()),
-                                             map(_patient_id, df["study_id"].tolist()),
+        table._records = dict(zip(paths, zip(map(parse_patient_id, df["subject_id"].tolist()),
+                                             map(parse_patient_id, df["study_id"].tolist()),
                                              [t.strip() for t in df["ecg_time"].tolist()])))
     return table._records
 
@@ -158,7 +158,7 @@ def _measurements(table: MimicTable, studies: set[str]):
     parts = []
     with _open(_join(table.folder, MEASUREMENTS)) as fh:
         for chunk in pd.read_csv(fh, dtype=str, keep_default_na=False, chunksize=_CHUNK):
-            ids = chunk["study_id"].map(_patient_id)
+            ids = chunk["study_id"].map(parse_patient_id)
             keep = ids.isin(studies)
             if keep.any():
                 parts.append(chunk[keep].assign(study_id=ids[keep]))
@@ -197,7 +197,7 @@ def join(plan, tables: list[dict[str, MimicTable]]) -> MimicJoin | None:
         hit = _record_list(table).get(rid)
         if hit is None:  # not listed: the ids from the path, no time
             m = _PATH_IDS.search(rid)
-            hit = (_patient_id(m.group(1)), _patient_id(m.group(2)), "") if m else ("", "", "")
+            hit = (parse_patient_id(m.group(1)), parse_patient_id(m.group(2)), "") if m else ("", "", "")
         subject, study[k], time[k] = hit
         if subject:
             plan.records[k] = r.with_meta(r.age, r.sex, r.labels, r.strat_fold, subject)

@@ -27,7 +27,7 @@ from dataclasses import dataclass
 
 from zarr_store import sources, wfdb_io
 from zarr_store.paths import is_url
-from zarr_store.records import (N_LEADS, BadRecord, PlannedRecord, _lead_plan, inspect_record, n_resampled,
+from zarr_store.records import (N_LEADS, BadRecord, PlannedRecord, lead_plan, inspect_record, n_resampled,
                                 release_cache, windows_of)
 from zarr_store.runner import Runner
 from zarr_store.shard_writer import StoreIO
@@ -272,7 +272,7 @@ def predict_record(source: int, root: str, name: str, rate: int, window: int,
                 n = header.sig_len
             else:
                 n = wfdb_io.check_files(header, os.path.dirname(path))
-            lead_idx, dropped, inverted, sel = _lead_plan(header.facts.descriptions)
+            lead_idx, dropped, inverted, sel = lead_plan(header.facts.descriptions)
             min_samples = math.ceil(min_seconds * rate)
             n_out = n if header.fs == rate else n_resampled(n, header.fs, rate)
             if n and len(sel) and n_out >= min_samples:

@@ -165,7 +165,7 @@ def _inspect(source, path, record_id, rate, window, min_seconds, buffer) -> tupl
         # read_digital checks what check_files would (missing, short, unreadable files) when the
         # header gives the length; check_files only when the length comes from the file size.
         n = header.sig_len or wfdb_io.check_files(header, directory)
-        lead_idx, dropped, inverted, sel = _lead_plan(header.facts.descriptions)
+        lead_idx, dropped, inverted, sel = lead_plan(header.facts.descriptions)
         if len(sel) == 0:
             names = [s.description for s in header.signals]
             return None, BadRecord(source, record_id, "no standard leads", f"signals {names}")
@@ -184,7 +184,7 @@ def _inspect(source, path, record_id, rate, window, min_seconds, buffer) -> tupl
     else:
         x, names, _ = wfdb_io.read_physical_wfdb(Path(path))
         n = len(x)
-        lead_idx, dropped, inverted, sel = _lead_plan(tuple(names))
+        lead_idx, dropped, inverted, sel = lead_plan(tuple(names))
         if len(sel) == 0:
             return None, BadRecord(source, record_id, "no standard leads", f"signals {names}")
         xs = x[:, sel]
@@ -192,7 +192,7 @@ def _inspect(source, path, record_id, rate, window, min_seconds, buffer) -> tupl
             return None, BadRecord(source, record_id, "all-NaN", "every standard lead is NaN")
         if n and (np.nan_to_num(xs) == np.nan_to_num(xs[0])).all():
             return None, BadRecord(source, record_id, "flat", "every standard lead is constant")
-        why = _implausible(xs[~np.isnan(xs)], "")
+        why = implausible_reason(xs[~np.isnan(xs)], "")
         if n and why:
             return None, BadRecord(source, record_id, "implausible amplitude", why)
         fs, use_wfdb = header.fs, True
@@ -219,10 +219,10 @@ def _implausible_digital(header, d: np.ndarray, sel: np.ndarray) -> str:
     x -= np.array([s.baseline for s in specs], dtype=np.float64)
     x *= np.array([s.uv for s in specs], dtype=np.float64)
     gains = sorted({f"{s.gain:g}/{s.units}" for s in specs})
-    return _implausible(x[valid], f" (gain {', '.join(gains[:3])})")
+    return implausible_reason(x[valid], f" (gain {', '.join(gains[:3])})")
 
 
-def _implausible(uv: np.ndarray, gain: str) -> str:
+def implausible_reason(uv: np.ndarray, gain: str) -> str:
     """Why samples ``uv`` (µV, no-data values left out) are no ECG, or "": every one rounds to 0 µV (a
     gain of 1e30 per mV: it would be stored as an all-zero row), or most lie beyond the int16 range."""
     if not uv.size or not np.isfinite(uv).all():
@@ -238,7 +238,7 @@ def _implausible(uv: np.ndarray, gain: str) -> str:
 
 
 @functools.lru_cache(maxsize=1024)
-def _lead_plan(names: tuple[str, ...]) -> tuple[tuple[int, ...], tuple[str, ...], tuple[int, ...], np.ndarray]:
+def lead_plan(names: tuple[str, ...]) -> tuple[tuple[int, ...], tuple[str, ...], tuple[int, ...], np.ndarray]:
     """(source signal per standard lead, -1 = missing; dropped names; standard leads whose signal is
     inverted ("-aVR"); the present leads' source signals, read-only). Cached: an archive repeats a
     handful of signal lists, and this runs once per record."""
@@ -259,7 +259,7 @@ def _is_flat(d: np.ndarray, sel: np.ndarray) -> bool:
 
 
 @functools.lru_cache(maxsize=1024)
-def _present(lead_idx: tuple[int, ...]) -> tuple[np.ndarray, np.ndarray, bool]:
+def present_leads(lead_idx: tuple[int, ...]) -> tuple[np.ndarray, np.ndarray, bool]:
     """(standard leads present, their source signals, True when that is all 12 in order), read-only."""
     idx = np.asarray(lead_idx)
     present = np.flatnonzero(idx >= 0)
@@ -289,7 +289,7 @@ def record_signal(rec: PlannedRecord, rate: int, out: np.ndarray | None = None) 
     value, NaN) become 0 and are counted, values outside int16 are clipped and counted. ``out``: an
     array the result may be written into (the result is then ``out``), for a caller done with each
     result before the next: fresh memory costs page faults."""
-    present, sel, identity = _present(rec.lead_idx)
+    present, sel, identity = present_leads(rec.lead_idx)
     stats = SignalStats()
     cached = _CACHE.get(rec.path)
     if rec.wfdb:

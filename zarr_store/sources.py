@@ -62,7 +62,7 @@ def _sex(text: str) -> int:
     return 0 if t in ("m", "male") else 1 if t in ("f", "female") else -1
 
 
-def _age(text: str) -> float:
+def parse_age(text: str) -> float:
     try:
         v = float(text)
     except ValueError:
@@ -70,7 +70,7 @@ def _age(text: str) -> float:
     return v if math.isfinite(v) and v >= 0 else math.nan
 
 
-def _patient_id(text: str | None) -> str:
+def parse_patient_id(text: str | None) -> str:
     """A patient id as stored: stripped, "" unknown; a whole number written as a float (PTB-XL's
     ``15709.0``) as the integer (``15709``), so that ids read the same whichever table wrote them."""
     t = (text or "").strip()
@@ -93,17 +93,17 @@ def comment_meta(comments: tuple[str, ...] | list[str]) -> RecordMeta:
         if m:
             key, value = m.group(1).strip().lower(), m.group(2).strip()
             if key == "age":
-                meta.age = _age(value)
+                meta.age = parse_age(value)
             elif key in ("sex", "gender"):
                 meta.sex = _sex(value)
             elif key == "dx":
                 meta.labels = ",".join(p.strip() for p in value.split(",") if p.strip())
             elif key.replace("_", " ") in _PATIENT_KEYS:
-                meta.patient_id = _patient_id(value)
+                meta.patient_id = parse_patient_id(value)
         elif math.isnan(meta.age) and meta.sex < 0:
             m = _MITDB_RE.match(c)
             if m:
-                meta.age, meta.sex = _age(m.group(1)), _sex(m.group(2))
+                meta.age, meta.sex = parse_age(m.group(1)), _sex(m.group(2))
     return meta
 
 
@@ -187,8 +187,8 @@ def _parse_ptbxl(text: str, root: str) -> PtbxlTable:
             continue  # DictReader skips empty lines too
         codes, fold, age, sex, patient, hr, lr = [row[i] if i is not None and i < len(row) else "" for i in get]
         fold = fold or "0"
-        entry = PtbxlRow(codes.strip(), int(float(fold)) if fold.strip() else 0, _age(age or "nan"),
-                         _ptbxl_sex(sex), _patient_id(patient))
+        entry = PtbxlRow(codes.strip(), int(float(fold)) if fold.strip() else 0, parse_age(age or "nan"),
+                         _ptbxl_sex(sex), parse_patient_id(patient))
         hr, lr = hr.strip(), lr.strip()
         for name in (hr, lr):
             if name:

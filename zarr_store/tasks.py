@@ -56,8 +56,8 @@ def run_shard_task(task: ShardTask, on_rows=None) -> dict:
     """Build and write the shard, then the marker; returns the marker's content (rows, clipped and
     no-data sample counts). ``on_rows(n)`` is called as rows are encoded (progress)."""
     io = StoreIO(task.url)
-    encoder = _encoder(task.codec, task.window)
-    shard = _open_shard(io, task.key, task.shard_size, task.shard * task.shard_size, task.first_new)
+    encoder = chunk_encoder(task.codec, task.window)
+    shard = open_shard(io, task.key, task.shard_size, task.shard * task.shard_size, task.first_new)
     try:
         clipped = invalid = 0
         for rec, first in zip(task.records, task.first_rows):
@@ -74,7 +74,7 @@ def run_shard_task(task: ShardTask, on_rows=None) -> dict:
         raise
     if task.records and task.first_rows[-1] + task.records[-1].n_windows <= task.row_end:
         _LAST[:] = [None, None, None]  # no later shard needs the last record
-    return _marker(io, task, clipped, invalid)
+    return write_marker(io, task, clipped, invalid)
 
 
 def warm_up(codec: str, window: int) -> None:
@@ -82,7 +82,7 @@ def warm_up(codec: str, window: int) -> None:
     scipy.linalg's among them) before worker processes are forked from it, so that they inherit it
     instead of each paying for it in its first task (measured: 0.58 s of CPU for a worker's first
     task of 512 PTB-XL rows, 0.16 s for the next ones)."""
-    _encoder(codec, window)
+    chunk_encoder(codec, window)
 
 
 def agrees(predicted: PlannedRecord, real: PlannedRecord | BadRecord) -> bool:
@@ -104,10 +104,10 @@ def run_checked_task(args: tuple[ShardTask, float]) -> dict:
     when not written), "inspected": the inspection result of each of task.records}``."""
     task, min_seconds = args
     io = StoreIO(task.url)
-    encoder = _encoder(task.codec, task.window)
+    encoder = chunk_encoder(task.codec, task.window)
     inspected, ok, clipped, invalid = [], True, 0, 0
     out = np.empty((N_LEADS, 0), dtype=np.int16)
-    shard = _open_shard(io, task.key, task.shard_size, task.shard * task.shard_size, task.first_new)
+    shard = open_shard(io, task.key, task.shard_size, task.shard * task.shard_size, task.first_new)
     try:
         for rec, first in zip(task.records, task.first_rows):
             root = rec.path[: len(rec.path) - len(rec.record_id) - 1]
@@ -133,7 +133,7 @@ def run_checked_task(args: tuple[ShardTask, float]) -> dict:
         shard.abort()
         release_cache()
         raise
-    return {"marker": _marker(io, task, clipped, invalid) if ok else None, "inspected": inspected}
+    return {"marker": write_marker(io, task, clipped, invalid) if ok else None, "inspected": inspected}
 
 
 class ShardStream:
@@ -146,7 +146,7 @@ class ShardStream:
     def __init__(self, url: str, shard_size: int, first_new: int, rate: int, window: int, codec: str,
                  skip: set[int]):
         self.io, self.size, self.first_new, self.rate, self.window = StoreIO(url), shard_size, first_new, rate, window
-        self.encoder = _encoder(codec, window)
+        self.encoder = chunk_encoder(codec, window)
         self.skip = skip
         self.open: dict[int, list] = {}  # shard -> [ShardFile (None once committed), clipped, invalid]
         self._out = np.empty((N_LEADS, 0), dtype=np.int16)
@@ -191,7 +191,7 @@ class ShardStream:
         if entry[0] is not None:
             entry[0].commit()
         del self.open[task.shard]
-        return _marker(self.io, task, entry[1], entry[2])
+        return write_marker(self.io, task, entry[1], entry[2])
 
     def close(self) -> None:
         """Drop unfinished shards' temporary files (after an error)."""
@@ -201,16 +201,16 @@ class ShardStream:
         self.open.clear()
 
     def _new(self, k: int) -> list:
-        entry = self.open[k] = [_open_shard(self.io, f"signals/c/{k}/0/0", self.size, k * self.size,
+        entry = self.open[k] = [open_shard(self.io, f"signals/c/{k}/0/0", self.size, k * self.size,
                                             self.first_new), 0, 0]
         return entry
 
 
-def _encoder(codec: str, window: int) -> ChunkEncoder:
+def chunk_encoder(codec: str, window: int) -> ChunkEncoder:
     return ChunkEncoder(ChunkCodec(codec, blocksize=N_LEADS * window * 2))
 
 
-def _open_shard(io: StoreIO, key: str, size: int, base: int, first_new: int) -> ShardFile:
+def open_shard(io: StoreIO, key: str, size: int, base: int, first_new: int) -> ShardFile:
     """A new shard file; when it holds rows of earlier conversions (an append), their encoded chunks
     are copied from the existing file first."""
     kept = []
@@ -233,7 +233,7 @@ def _open_shard(io: StoreIO, key: str, size: int, base: int, first_new: int) -> 
     return shard
 
 
-def _marker(io: StoreIO, task: ShardTask, clipped: int, invalid: int) -> dict:
+def write_marker(io: StoreIO, task: ShardTask, clipped: int, invalid: int) -> dict:
     result = {"shard": task.shard, "rows": task.row_end - max(task.row_start, task.first_new),
               "clipped": clipped, "invalid": invalid, "digest": task.digest}
     io.write(task.marker, json.dumps(result).encode())
