@@ -275,6 +275,13 @@ def expected_bytes(fmt: int, n_values: int) -> int:
     return -(-n_values * num // den)
 
 
+def truncated(file: str, held: int, offset: int, samples: int, need: int) -> RecordError:
+    """The one message for a signal file shorter than its header says (checked from its size before
+    reading, or found short while reading): bytes held after the offset, samples announced, bytes needed."""
+    return RecordError(f"truncated: {file} holds {held:,} bytes after offset {offset}, the header's {samples:,} "
+                       f"samples need {need:,}")
+
+
 def check_files(header: Header, directory: str | os.PathLike) -> int:
     """Check that every signal file exists and holds ``sig_len`` frames; returns the frame count
     (derived from the file size when the header gives none). Raises RecordError otherwise."""
@@ -302,8 +309,7 @@ def check_files(header: Header, directory: str | os.PathLike) -> int:
             num, den = _BYTES[spec.fmt]
             n = (max(size, 0) * den // num) // len(idx)
         elif size < expected_bytes(spec.fmt, n * len(idx)):
-            raise RecordError(f"truncated: {file} holds {max(size, 0)} bytes, {n} samples need "
-                              f"{expected_bytes(spec.fmt, n * len(idx))}")
+            raise truncated(file, max(size, 0), spec.offset, n * len(idx), expected_bytes(spec.fmt, n * len(idx)))
     return n
 
 
@@ -404,8 +410,7 @@ def _read_file(path: str, fmt: int, offset: int, count: int, buffer: ReadBuffer 
                 raise RecordError(f"unreadable: {os.path.basename(path)} is not a regular file")
             held = max(st.st_size - offset, 0)
             if held < nbytes:
-                raise RecordError(f"truncated: {os.path.basename(path)} holds {held:,} bytes after offset {offset}, "
-                                  f"the header's {count:,} samples need {nbytes:,}")
+                raise truncated(os.path.basename(path), held, offset, count, nbytes)
             if buffer is not None:
                 view, got = buffer.view(nbytes), 0
                 while got < nbytes:  # a read returns at most ~2 GiB at a time
@@ -432,7 +437,7 @@ def _read_file(path: str, fmt: int, offset: int, count: int, buffer: ReadBuffer 
 
 def _decode(raw: bytes | memoryview, nbytes: int, fmt: int, offset: int, count: int, path: str) -> np.ndarray:
     if len(raw) < nbytes:
-        raise RecordError(f"truncated: {os.path.basename(path)} holds {len(raw)} bytes after offset {offset}, need {nbytes}")
+        raise truncated(os.path.basename(path), len(raw), offset, count, nbytes)
     b = np.frombuffer(raw, dtype=np.uint8)
     if fmt == 16:
         return b.view("<i2")
