@@ -119,11 +119,13 @@ def block_signals(recs: list[ArrayRecord], x: np.ndarray, base: int, rate: int) 
     ``x`` = items [base, base + len(x)) of it (b, t, leads)."""
     if not recs:
         return []
-    present, sel, _ = present_leads(recs[0].lead_idx)
+    present, sel, identity = present_leads(recs[0].lead_idx)
     sign = np.ones(len(present))
     sign[[int(np.flatnonzero(present == j)[0]) for j in recs[0].inverted]] = -1.0
     up, down = resample_ratio(recs[0].fs, rate)
     lp, rp = (0, 0) if (up, down) == (1, 1) else pads(up, down)
+    # the twelve leads in the store's order, none inverted (CODE-15%): each item's frames as they lie
+    plain = identity and x.shape[2] == N_LEADS and not recs[0].inverted and x.flags.c_contiguous
     out = []
     for g in range(0, len(recs), LANES):
         group = recs[g : g + LANES]
@@ -132,19 +134,82 @@ def block_signals(recs: list[ArrayRecord], x: np.ndarray, base: int, rate: int) 
         n = np.array([r.n for r in group], np.int64)
         n_out = np.array([r.n_out for r in group], np.int64)
         n_max = int(n.max())
-        buf = np.empty((lp + n_max + rp, len(present) * len(group)))
-        buf[:lp] = 0.0  # the resampler's zero padding (polyphase.pads)
-        buf[lp + n_max :] = 0.0
-        invalid = _pack(x, item, offset, n, np.ascontiguousarray(sel), group[0].uv, sign, buf[lp : lp + n_max])
         sig = np.empty((len(group), N_LEADS, int(n_out.max())), np.int16)
         if len(present) < N_LEADS:
             sig[:] = 0  # the absent leads
-        y = buf if (up, down) == (1, 1) else resample_padded(buf, lp, n_max, up, down)
-        clipped = _unpack(y, n_out, present, sig)
+        if (up, down) == (1, 1) and plain:
+            invalid, clipped = _direct_plain(x, item, offset, n, group[0].uv, sig)
+        elif (up, down) == (1, 1):
+            invalid, clipped = _direct(x, item, offset, n, np.ascontiguousarray(sel), present, group[0].uv, sign, sig)
+        else:
+            buf = np.empty((lp + n_max + rp, len(present) * len(group)))
+            buf[:lp] = 0.0  # the resampler's zero padding (polyphase.pads)
+            buf[lp + n_max :] = 0.0
+            invalid = _pack(x, item, offset, n, np.ascontiguousarray(sel), group[0].uv, sign, buf[lp : lp + n_max])
+            clipped = _unpack(resample_padded(buf, lp, n_max, up, down), n_out, present, sig)
         for j, r in enumerate(group):
             out.append((sig[j, :, : r.n_out] if r.n_out == sig.shape[2] else np.ascontiguousarray(sig[j, :, : r.n_out]),
                         SignalStats(clipped=int(clipped[j]), invalid=int(invalid[j]))))
     return out
+
+
+@nb.njit(cache=True, nogil=True)
+def _direct(x, item, offset, n, sel, present, uv, sign, sig):  # pragma: no cover - compiled
+    """sig[j, present[c], t] = lead sel[c] of item j's sample offset[j] + t in µV for t < n[j]: what
+    _pack then _unpack make of it when no resampling lies between (the same operations in the same
+    order: NaN -> 0, scale, negate, round half to even, clip), in one pass with no float64 copy.
+    Returns (no-data, clipped) counts per item. Measured on 5,000 CODE-15%-shaped exams at 400 Hz: the
+    pair took ~118 µs an exam, a quarter of the conversion."""
+    invalid = np.zeros(len(item), np.int64)
+    clipped = np.zeros(len(item), np.int64)
+    n_sel = len(sel)
+    for j in range(len(item)):
+        src = x[item[j]]
+        out = sig[j]
+        bad, cl = 0, 0
+        for t in range(n[j]):  # frame by frame: the item's samples read in file order
+            frame = src[offset[j] + t]
+            for c in range(n_sel):
+                v = np.float64(frame[sel[c]])
+                nan = v != v
+                bad += nan
+                v = ((0.0 if nan else v) * uv) * sign[c]
+                cl += (v >= 32767.5) or (v < -32768.5)
+                out[present[c], t] = np.int16(np.rint(min(max(v, -32768.0), 32767.0)))
+        invalid[j] = bad
+        clipped[j] = cl
+    return invalid, clipped
+
+
+@nb.njit(cache=True, nogil=True)
+def _direct_plain(x, item, offset, n, uv, sig):  # pragma: no cover - compiled
+    """_direct for items whose twelve columns are the store's leads in order, none inverted: one
+    vectorized pass over each item's frames as they lie (into a time-major int16 copy), then a tiled
+    transpose. ~46 µs an exam of 4,000 frames against _direct's ~95 (its per-lead gather and scatter)."""
+    invalid = np.zeros(len(item), np.int64)
+    clipped = np.zeros(len(item), np.int64)
+    tmp = np.empty(sig.shape[2] * N_LEADS, np.int16)
+    for j in range(len(item)):
+        m = n[j] * N_LEADS
+        flat = x[item[j], offset[j] : offset[j] + n[j]].reshape(-1)
+        bad, cl = 0, 0
+        for i in range(m):
+            v = np.float64(flat[i])
+            nan = v != v
+            bad += nan
+            v = (0.0 if nan else v) * uv  # (v * uv) * 1.0 in _pack: the same double
+            cl += (v >= 32767.5) | (v < -32768.5)
+            tmp[i] = np.int16(np.rint(min(max(v, -32768.0), 32767.0)))
+        invalid[j] = bad
+        clipped[j] = cl
+        out = sig[j]
+        for t0 in range(0, n[j], 64):
+            t1 = min(t0 + 64, n[j])
+            for c in range(N_LEADS):
+                row = out[c]
+                for t in range(t0, t1):
+                    row[t] = tmp[t * N_LEADS + c]
+    return invalid, clipped
 
 
 @nb.njit(cache=True, nogil=True)

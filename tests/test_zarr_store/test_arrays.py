@@ -330,6 +330,39 @@ def test_npz_member_mapped_when_stored(tmp_path, save):
         np.testing.assert_array_equal(g["signals"][i], expected_row(x[i].astype(np.float64), 1000.0, 1, 1))
 
 
+def test_direct_kernels_equal_pack_then_unpack():
+    """At the store rate the rows skip the float64 copy (_direct; _direct_plain when the twelve columns
+    are the leads in order): the same int16 values and no-data / clipped counts as _pack then _unpack,
+    on items with NaN, samples beyond int16 µV, -0.0 and exact .5 µV steps, for the leads in order, in
+    another order with one inverted, and a subset."""
+    from zarr_store.array_records import _direct, _direct_plain, _pack, _unpack
+
+    rng = np.random.default_rng(8)
+    x = (rng.standard_normal((5, 300, 12)) * 8).astype(np.float32)  # mV
+    x[1, 10:20, 4] = np.nan
+    x[2, :5] = -0.0
+    x[3, 7, :] = np.float32(0.0125)  # 12.5 µV: rounds half to even
+    x[4, 50:60, ::2] = 40.0  # 40 mV: clipped in every lead set below
+    item, offset, n = np.array([0, 1, 2, 3, 4]), np.array([0, 3, 0, 10, 1]), np.array([300, 290, 250, 280, 299])
+    for sel, present, sign in [(np.arange(12), np.arange(12), np.ones(12)),
+                               (np.arange(12)[::-1].copy(), np.arange(12), np.r_[-1.0, np.ones(11)]),
+                               (np.array([0, 1, 6]), np.array([0, 1, 6]), np.ones(3))]:
+        want = np.zeros((5, 12, 300), np.int16)
+        buf = np.empty((300, len(sel) * 5))
+        want_invalid = _pack(x, item, offset, n, sel, 1000.0, sign, buf)
+        want_clipped = _unpack(buf, n, present, want)
+        got = np.zeros((5, 12, 300), np.int16)
+        invalid, clipped = _direct(x, item, offset, n, sel, present, 1000.0, sign, got)
+        np.testing.assert_array_equal(got, want)
+        assert invalid.tolist() == want_invalid.tolist() and clipped.tolist() == want_clipped.tolist()
+        assert want_invalid[1] == (10 if 4 in sel else 0) and want_clipped.sum() > 0
+        if len(sel) == 12 and (sel == np.arange(12)).all() and (sign == 1).all():
+            plain = np.zeros((5, 12, 300), np.int16)
+            invalid, clipped = _direct_plain(x, item, offset, n, 1000.0, plain)
+            np.testing.assert_array_equal(plain, want)
+            assert invalid.tolist() == want_invalid.tolist() and clipped.tolist() == want_clipped.tolist()
+
+
 def test_cli_generic_flags(tmp_path, capsys):
     """crema-fast convert FILE.npy --input-rate --leads --layout --units: the flags reach the converter,
     and an error names the flag in one line."""
