@@ -116,7 +116,7 @@ class ArrayInput:
 
 def is_array_spec(spec) -> bool:
     """True when ``spec`` names an array input (a file with an array suffix, optionally ``:name``,
-    or a CODE-15% folder), False for anything else (WFDB folders, URLs)."""
+    or a CODE-15% folder; a local path or an fsspec URL), False for anything else (WFDB folders)."""
     text = str(spec)
     path, _ = split_spec(text)
     if path.lower().endswith(ARRAY_SUFFIXES):
@@ -124,7 +124,7 @@ def is_array_spec(spec) -> bool:
     if is_url(text):  # a CODE-15% folder on object storage: exams.csv beside its parts
         fs, inner = url_fs(text.rstrip("/"))
         return fs.isfile(f"{inner}/{CODE15_CSV}") and bool(_code15_parts(fs.ls(inner, detail=False)))
-    p = Path(path)
+    p = Path(local_path(path))
     return p.is_dir() and (p / CODE15_CSV).is_file() and any(CODE15_PART.match(f.name) for f in p.iterdir())
 
 

@@ -14,6 +14,7 @@ real frame with all twelve leads exactly zero at the edge of the signal is dropp
 from __future__ import annotations
 
 import os
+import zipfile
 
 import numba as nb
 import numpy as np
@@ -121,13 +122,13 @@ def open_generic(path, name: str | None, opts: ArrayOptions) -> ArrayInput:
     if kind != "hdf5" and is_url(path):  # np.load maps local files only; over a URL it would read it whole
         raise BadArgumentError(f"source {path}: .npy and .npz arrays are read from local files; "
                                "give a local path, or store the array as HDF5 to read it from a URL")
-    attr_leads, id_values = None, None
+    attr_leads, id_values, member = None, None, name
     if kind == "hdf5":
         try:
             f = _h5(path)
         except OSError as exc:
             raise BadArgumentError(f"source {path}: not a readable HDF5 file ({exc})") from None
-        name = name or _only(path, [k for k in f if getattr(f[k], "ndim", 0) == 3])
+        name = member = name or _only(path, [k for k in f if getattr(f[k], "ndim", 0) == 3])
         if name not in f or getattr(f[name], "ndim", 0) != 3:
             raise BadArgumentError(f"source {path}: expected a 3-D dataset named {name!r}, got "
                                    f"{sorted(f.keys())}")
@@ -139,7 +140,12 @@ def open_generic(path, name: str | None, opts: ArrayOptions) -> ArrayInput:
                 raise BadArgumentError(f"ids: {path} has no dataset {id_key!r}")
             id_values = f[id_key][:]
     else:
-        arr, rate_attr = _numpy_array(path, name, kind), None
+        if kind == "npz" and name is None:  # resolved once: each block read looks the member up by name
+            try:
+                member = npz_member(path)
+            except (OSError, ValueError, zipfile.BadZipFile) as exc:
+                raise BadArgumentError(f"source {path}: not a readable npz file ({exc})") from None
+        arr, rate_attr = _numpy_array(path, member, kind), None
         shape = arr.shape
         if opts.ids is not None:
             id_values = _numpy_ids(path, opts.ids)
@@ -157,7 +163,7 @@ def open_generic(path, name: str | None, opts: ArrayOptions) -> ArrayInput:
         raise BadArgumentError(f"ids: expected {n} ids for {path}, got {len(id_values)}")
     ids = [_id_text(v) for v in id_values] if id_values is not None else [str(i) for i in range(n)]
     units = opts.units or "uV"
-    part = Part(path, kind, name, layout, n, t, n_leads)
+    part = Part(path, kind, member, layout, n, t, n_leads)
     base = os.path.basename(path)
     return ArrayInput(path if name is None else f"{path}:{name}", base if name is None else f"{base}:{name}",
                       [part], [ids], [None], float(fs), UNITS_UV[units.lower()], units, leads, leads_from)
@@ -176,29 +182,51 @@ def _numpy_array(path: str, name: str | None, kind: str):
             if arr is None:
                 arr = _OPEN[path] = np.load(path, mmap_mode="r")
             return arr
+        name = name or npz_member(path)
         key = f"{path}:{name}"
         if key not in _OPEN:
             with np.load(path) as z:
-                name = name or _only(path, [k for k in z.files if z[k].ndim == 3])
                 if name not in z.files:
                     raise BadArgumentError(f"source {path}: no array {name!r} (got {z.files})")
-                key = f"{path}:{name}"
                 arr = _npz_member_map(path, name)
                 _OPEN[key] = arr if arr is not None else z[name]
         return _OPEN[key]
-    except (OSError, ValueError) as exc:
+    except (OSError, ValueError, zipfile.BadZipFile) as exc:
         raise BadArgumentError(f"source {path}: not a readable {kind} file ({exc})") from None
+
+
+def _member_file(z: zipfile.ZipFile, name: str) -> str:
+    """The zip entry of npz member ``name`` (np.savez writes ``name.npy``; other writers ``name``)."""
+    return f"{name}.npy" if f"{name}.npy" in z.namelist() else name
+
+
+def _read_npy_header(f) -> tuple | None:
+    """(shape, fortran order, dtype) from an .npy stream at its magic, None for a format np.load
+    alone reads."""
+    version = np.lib.format.read_magic(f)
+    read = {(1, 0): np.lib.format.read_array_header_1_0, (2, 0): np.lib.format.read_array_header_2_0}.get(version)
+    return None if read is None else read(f)
+
+
+def npz_member(path: str) -> str:
+    """The one 3-D member of an .npz, found from the members' headers (nothing decompressed whole)."""
+    with zipfile.ZipFile(path) as z, np.load(path) as npz:
+        found = []
+        for k in npz.files:
+            with z.open(_member_file(z, k)) as f:
+                head = _read_npy_header(f)
+            if head is None or len(head[0]) == 3:  # a header we cannot read: np.load decides later
+                found.append(k)
+    return _only(path, found)
 
 
 def _npz_member_map(path: str, name: str) -> np.memmap | None:
     """Member ``name`` of an .npz memory-mapped where it is stored uncompressed (np.savez): the .npy
     bytes then lie as they are inside the zip file, after its local file header (30 bytes plus the
     name and extra fields). None for a compressed member (np.savez_compressed), which must be
-    decompressed whole, or an object array."""
-    import zipfile
-
+    decompressed whole, an object array, or an .npy format newer than 2.0."""
     with zipfile.ZipFile(path) as z:
-        info = z.getinfo(f"{name}.npy")
+        info = z.getinfo(_member_file(z, name))
     if info.compress_type != zipfile.ZIP_STORED:
         return None
     with open(path, "rb") as f:
@@ -208,15 +236,14 @@ def _npz_member_map(path: str, name: str) -> np.memmap | None:
             return None
         start = info.header_offset + 30 + int.from_bytes(local[26:28], "little") + int.from_bytes(local[28:30], "little")
         f.seek(start)
-        version = np.lib.format.read_magic(f)
-        read = {(1, 0): np.lib.format.read_array_header_1_0, (2, 0): np.lib.format.read_array_header_2_0}.get(version)
-        if read is None:  # a newer format: left to np.load
+        head = _read_npy_header(f)
+        if head is None:
             return None
-        shape, fortran, dtype = read(f)
+        shape, fortran, dtype = head
         offset = f.tell()
-    if dtype.hasobject or fortran:
+    if dtype.hasobject:
         return None
-    return np.memmap(path, dtype=dtype, mode="r", offset=offset, shape=shape)
+    return np.memmap(path, dtype=dtype, mode="r", offset=offset, shape=shape, order="F" if fortran else "C")
 
 
 def _numpy_ids(path: str, ids: str) -> np.ndarray:
@@ -249,6 +276,8 @@ def read_block(part: Part, lo: int, hi: int) -> np.ndarray:
         x = _h5(part.path)[part.dataset][lo:hi]
     else:
         x = np.asarray(_numpy_array(part.path, part.dataset, part.kind)[lo:hi])
+    if not x.dtype.isnative:  # a big-endian file: the Numba kernels take native numbers
+        x = x.astype(x.dtype.newbyteorder("="))
     return x.transpose(0, 2, 1) if part.layout == "NLT" else x
 
 

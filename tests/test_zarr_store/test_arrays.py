@@ -27,6 +27,7 @@ import zarr
 from scipy.signal import resample_poly
 
 from tests.test_zarr_store.archives import assert_same_arrays, load
+from zarr_store.array_sources import ArrayOptions
 from zarr_store.convert import convert
 from zarr_store.errors import BadArgumentError
 
@@ -246,6 +247,8 @@ def test_code15_from_urls_equals_local(code15, tmp_path):
         b = tmp_path / "local.zarr"
         convert([f"local://{folder}"], b, shard_size=4, workers=2, progress=False)
         assert_same_arrays(load(b), load(store))
+        convert([f"file://{folder}/"], tmp_path / "file.zarr", shard_size=4, progress=False)  # a local path
+        assert_same_arrays(load(tmp_path / "file.zarr"), load(store))
         part = sorted(folder.glob("exams_part*.hdf5"))[0]
         c = tmp_path / "h5.zarr"
         convert([f"memory://u/code15/{part.name}:tracings"], c, input_rate=400, units="mV", progress=False,
@@ -321,12 +324,43 @@ def test_npz_member_mapped_when_stored(tmp_path, save):
         np.testing.assert_array_equal(member, x)
     finally:
         hdf5_io.close_all()
+    leads = "I,II,III,aVR,aVL,aVF,V1,V2,V3,V4,V5,V6".split(",")
     store = tmp_path / "s.zarr"
-    summary = convert([f"{tmp_path / 'x.npz'}:ecg"], store, input_rate=500, units="mV", progress=False,
-                      leads="I,II,III,aVR,aVL,aVF,V1,V2,V3,V4,V5,V6".split(","))
+    summary = convert([f"{tmp_path / 'x.npz'}:ecg"], store, input_rate=500, units="mV", progress=False, leads=leads)
     assert summary.converted == 3
     g = zarr.open_group(str(store), mode="r")
     for i in range(3):
+        np.testing.assert_array_equal(g["signals"][i], expected_row(x[i].astype(np.float64), 1000.0, 1, 1))
+    # no member named: the one 3-D member, found from the headers once (each block read used to load it)
+    inp = hdf5_io.open_generic(str(tmp_path / "x.npz"), None, ArrayOptions(500.0, tuple(leads), None, "mV"))
+    try:
+        assert inp.parts[0].dataset == "ecg" and inp.source == "x.npz"
+        assert isinstance(hdf5_io._OPEN[f"{tmp_path / 'x.npz'}:ecg"], np.memmap) == (save is np.savez)
+    finally:
+        hdf5_io.close_all()
+    convert([tmp_path / "x.npz"], tmp_path / "t.zarr", input_rate=500, units="mV", progress=False, leads=leads)
+    a, b = load(tmp_path / "t.zarr"), load(store)
+    for name in ("signals", "record_id", "valid_length"):
+        np.testing.assert_array_equal(a[name], b[name], err_msg=name)
+    assert set(a["source"].tolist()) == {"x.npz"}
+
+
+def test_npz_written_otherwise(tmp_path):
+    """Members not named NAME.npy (a zip written by another tool) and big-endian data convert to the
+    rows of the array itself."""
+    import zipfile
+
+    rng = np.random.default_rng(7)
+    x = np.stack([_ecg(rng, 5000) for _ in range(2)]).astype(">f4")  # big-endian mV
+    with zipfile.ZipFile(tmp_path / "x.npz", "w") as z:
+        with z.open("ecg", "w") as f:
+            np.lib.format.write_array(f, x)
+    store = tmp_path / "s.zarr"
+    summary = convert([tmp_path / "x.npz"], store, input_rate=500, units="mV", progress=False,
+                      leads="I,II,III,aVR,aVL,aVF,V1,V2,V3,V4,V5,V6".split(","))
+    assert summary.converted == 2
+    g = zarr.open_group(str(store), mode="r")
+    for i in range(2):
         np.testing.assert_array_equal(g["signals"][i], expected_row(x[i].astype(np.float64), 1000.0, 1, 1))
 
 
@@ -341,7 +375,7 @@ def test_direct_kernels_equal_pack_then_unpack():
     x = (rng.standard_normal((5, 300, 12)) * 8).astype(np.float32)  # mV
     x[1, 10:20, 4] = np.nan
     x[2, :5] = -0.0
-    x[3, 7, :] = np.float32(0.0125)  # 12.5 µV: rounds half to even
+    x[3, 7, :] = np.float32(0.0625)  # 62.5 µV exactly: rounds half to even (62)
     x[4, 50:60, ::2] = 40.0  # 40 mV: clipped in every lead set below
     item, offset, n = np.array([0, 1, 2, 3, 4]), np.array([0, 3, 0, 10, 1]), np.array([300, 290, 250, 280, 299])
     for sel, present, sign in [(np.arange(12), np.arange(12), np.ones(12)),

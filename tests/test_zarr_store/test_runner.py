@@ -3,12 +3,14 @@ the same store every way."""
 
 from __future__ import annotations
 
+import gc
 import uuid
 
 import numpy as np
 
 from tests.test_zarr_store.archives import assert_same_arrays, load, write_archive
 from zarr_store.convert import convert
+from zarr_store.runner import frozen_heap
 
 
 def test_memory_url_and_dask_local_cluster(tmp_path):
@@ -47,3 +49,20 @@ def test_dask_local_starts_its_own_cluster(tmp_path):
     assert got.converted == ref.converted == 5 and got.skipped == ref.skipped == {"truncated": 1}
     assert got.shards_written == ref.shards_written == 3 and got.note == ""
     assert_same_arrays(load(tmp_path / "dask.zarr"), load(tmp_path / "ref.zarr"))
+
+
+def test_frozen_heap_leaves_a_callers_freeze():
+    """A caller that froze its own heap keeps it frozen after a conversion (gc.unfreeze does not nest);
+    a heap with nothing frozen before is unfrozen again."""
+    assert gc.get_freeze_count() == 0
+    with frozen_heap():
+        assert gc.get_freeze_count() > 0
+    assert gc.get_freeze_count() == 0
+    gc.freeze()
+    try:
+        frozen = gc.get_freeze_count()
+        with frozen_heap():
+            pass
+        assert gc.get_freeze_count() >= frozen > 0
+    finally:
+        gc.unfreeze()
