@@ -362,14 +362,15 @@ import json, resource, sys, time
 from zarr_store.convert import convert
 roots, out, kw = json.loads(sys.argv[1])
 t0, c0 = time.perf_counter(), time.process_time()
-convert(roots, out, progress=False, **kw)
+summary = convert(roots, out, progress=False, **kw)
 wall, ch = time.perf_counter() - t0, resource.getrusage(resource.RUSAGE_CHILDREN)
+print(json.dumps(summary.phases))
 print(wall, time.process_time() - c0 + ch.ru_utime + ch.ru_stime)
 """
 
 
-def _timed_convert(roots: list[str], out: Path, kw: dict) -> tuple[float, float]:
-    """(wall, CPU) seconds of one convert() call, in a fresh process as from the command line
+def _timed_convert(roots: list[str], out: Path, kw: dict) -> tuple[float, float, dict]:
+    """(wall, CPU, phases) seconds of one convert() call, in a fresh process as from the command line
     (imports done before the clock starts; no other thread, so local workers are forked:
     zarr_store.runner); CPU of the process and its local workers (a Dask cluster's is not seen)."""
     import subprocess
@@ -378,8 +379,9 @@ def _timed_convert(roots: list[str], out: Path, kw: dict) -> tuple[float, float]
     repo = Path(__file__).resolve().parents[1]
     res = subprocess.run([sys.executable, "-c", _CONVERT, json.dumps([roots, str(out), kw])], cwd=repo,
                          capture_output=True, text=True, check=True)
-    wall, cpu = res.stdout.strip().splitlines()[-1].split()
-    return float(wall), float(cpu)
+    *_, phases, last = res.stdout.strip().splitlines()
+    wall, cpu = last.split()
+    return float(wall), float(cpu), json.loads(phases)
 
 
 def _scaling_runs(tmp: Path, roots: list[str], n: int, repeat: int, scheduler: str) -> list[dict]:
@@ -390,14 +392,16 @@ def _scaling_runs(tmp: Path, roots: list[str], n: int, repeat: int, scheduler: s
                "convert(dask=<running LocalCluster of 2>)": dict(dask=scheduler)}
     walls = {k: [] for k in configs}
     cpus = {k: [] for k in configs}
+    serial = {k: [] for k in configs}  # seconds outside the "records" step: this process alone
     loads, same = [], {}
     for _ in range(repeat):
         loads.append(os.getloadavg()[0])
         for name, kw in configs.items():
             out = tmp / f"par-{len(walls[name])}-{abs(hash(name))}.zarr"
-            wall, cpu = _timed_convert(roots, out, kw)
+            wall, cpu, phases = _timed_convert(roots, out, kw)
             walls[name].append(wall)
             cpus[name].append(cpu)
+            serial[name].append(sum(v for k, v in phases.items() if k != "records"))
             if name == "convert(workers=1)":
                 ref = out
             else:
@@ -409,9 +413,12 @@ def _scaling_runs(tmp: Path, roots: list[str], n: int, repeat: int, scheduler: s
     rows = []
     for name, w in walls.items():
         s = summarize([n / x for x in w])
+        set_up = float(np.median(serial[name]))
         rows.append({"stage": "convert scaling", "path": name, "pattern": f"{n} records, {len(roots)} sources",
                      "ecg_s_wall": s["median"], "ecg_s_min": s["min"], "ecg_s_iqr": s["iqr"], "runs": s["n"],
                      "seconds": float(np.median(w)), "x_one_core": one / float(np.median(w)),
+                     # Amdahl: one core's time with this run's serial steps kept whole and the rest halved
+                     "serial_s": set_up, "ideal_x": 2 * one / (one + set_up),
                      "cpu_seconds": float(np.median(cpus[name])),
                      "same_bytes": same.get(name, True), "loadavg_1min": loads,
                      "cores": len(os.sched_getaffinity(0))})
@@ -425,7 +432,10 @@ def test_bench_convert_scaling(tmp_path):
     LocalCluster of 2 worker processes started and closed inside the call) and with a LocalCluster
     already running (its scheduler address: the cost of the conversion alone). ECG/s by wall clock of
     the whole call (median of 3 interleaved rounds), speed-up over workers=1, whether the signal
-    files equal workers=1's byte for byte, and the 1-minute load average at each round (the machine
+    files equal workers=1's byte for byte, the seconds each run spends outside its "records" step
+    (``serial_s``: ConvertSummary.phases; set-up and metadata, in the converting process alone) with
+    the speed-up two perfect workers would reach around them (``ideal_x`` = 2 T1 / (T1 + serial_s),
+    T1 the one-core time), and the 1-minute load average at each round (the machine
     is shared). Rows: stage "convert scaling" in store.jsonl."""
     import dask
     from distributed import LocalCluster
@@ -443,7 +453,8 @@ def test_bench_convert_scaling(tmp_path):
                 shutil.rmtree(r, ignore_errors=True)
     finally:
         cluster.close()
-    cols = ["path", "pattern", "ecg_s_wall", "ecg_s_iqr", "seconds", "x_one_core", "cpu_seconds", "same_bytes"]
+    cols = ["path", "pattern", "ecg_s_wall", "ecg_s_iqr", "seconds", "x_one_core", "serial_s", "ideal_x",
+            "cpu_seconds", "same_bytes"]
     print_table(f"convert scaling: wall clock of the whole call, {len(os.sched_getaffinity(0))} cores "
                 f"(load averages {[r['loadavg_1min'] for r in rows[::4]]})", rows, cols)
     record("store", rows)

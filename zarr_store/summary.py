@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
 
 from zarr_store.shard_writer import StoreIO
@@ -30,6 +31,7 @@ class ConvertSummary:
     shards_resumed: int = 0
     report: str = ""
     note: str = ""
+    phases: dict[str, float] = field(default_factory=dict)  # seconds per step (Laps), in order
 
     @property
     def records_per_s(self) -> float:
@@ -58,6 +60,21 @@ class ConvertSummary:
         if self.note:
             lines.append(f"note           {self.note}")
         return "\n".join(lines)
+
+
+class Laps:
+    """Wall-clock seconds per named step of a conversion: ``lap(name)`` closes the step that ran since
+    the previous lap (or ``t0``). ``seconds`` keeps the order the steps ran in. Why: a conversion's
+    set-up (finding records, opening the store, loading the chunk encoder) and its end (metadata) run
+    in this process alone, and bound what workers can gain (benchmarks/bench_store.py, Amdahl)."""
+
+    def __init__(self, t0: float):
+        self.t, self.seconds = t0, {}
+
+    def lap(self, name: str) -> None:
+        now = time.perf_counter()
+        self.seconds[name] = self.seconds.get(name, 0.0) + now - self.t
+        self.t = now
 
 
 def fill_store_sizes(io: StoreIO, n: int, window: int, summary: ConvertSummary) -> ConvertSummary:

@@ -159,6 +159,22 @@ def test_bad_records_reported_good_ones_converted(tmp_path):
     assert len(conv) == 1 and conv[0]["skipped"] == summary.skipped and conv[0]["records_converted"] == 3
 
 
+@pytest.mark.parametrize("workers", [1, 2])
+def test_phases_account_for_the_call(tmp_path, workers):
+    """ConvertSummary.phases: the steps in the order they ran (the chunk encoder loaded up front only
+    for worker processes), none negative, together the call's seconds; the provenance keeps them."""
+    arch = write_archive(tmp_path / "arch", n=4)
+    summary = convert([arch.root], tmp_path / "s.zarr", progress=False, workers=workers, shard_size=2)
+    steps = ["discover", "open", *(["encoder"] if workers > 1 else []), "workers", "select", "records",
+             "metadata", "finish"]
+    assert list(summary.phases) == steps and min(summary.phases.values()) >= 0
+    before_summary = sum(v for k, v in summary.phases.items() if k != "finish")
+    assert before_summary <= summary.seconds <= before_summary + summary.phases["finish"]  # seconds: read in "finish"
+    conv = zarr.open_group(str(tmp_path / "s.zarr"), mode="r").attrs["conversions"][0]
+    assert list(conv["phases"]) == steps[:-1]
+    assert conv["phases"]["records"] == round(summary.phases["records"], 3)
+
+
 def test_append_second_archive(tmp_path):
     a = write_archive(tmp_path / "a", n=5, bad=())
     b = write_archive(tmp_path / "b", n=6, seed=50, bad=("flat",))
