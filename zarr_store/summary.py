@@ -31,7 +31,7 @@ class ConvertSummary:
     shards_resumed: int = 0
     report: str = ""
     note: str = ""
-    phases: dict[str, float] = field(default_factory=dict)  # seconds per step (Laps), in order
+    phases: dict[str, float] = field(default_factory=dict)  # WFDB conversions: seconds per step (Laps)
 
     @property
     def records_per_s(self) -> float:
