@@ -45,9 +45,9 @@ def frozen_heap():
     inside to add later ones), until exit. Why: a conversion holds a few objects per record for its
     whole run (names, located records, planned rows), and each of Python's full collections walks
     them all; in a forked worker a collection also writes to every object it inherited, copying the
-    parent's pages. Measured on 20,000 PTB-XL records on our 2-core VM: the parent's prediction of a
-    record took 83 µs with collections, 26 µs without; a conversion with workers=2 took 7.2 s of
-    wall clock and 10.0 s of its workers' CPU with them, 5.4 s and 7.5 s without (one run each).
+    parent's pages. Measured on 20,000 PTB-XL records on our 2-core VM (one run each): a conversion
+    with workers=2 took 7.2 s of wall clock and 10.0 s of its workers' CPU with collections, 5.4 s
+    and 7.5 s without; the parent's prediction of a record takes 26 µs without them.
     A caller's own frozen objects (an application that froze its heap before calling) stay frozen:
     only a heap that had none frozen on entry is unfrozen on exit (gc.unfreeze cannot nest)."""
     outer = gc.get_freeze_count()
