@@ -153,6 +153,13 @@ def block_signals(recs: list[ArrayRecord], x: np.ndarray, base: int, rate: int) 
     return out
 
 
+@nb.njit(cache=True, inline="always")
+def _round_clip(v):  # pragma: no cover - compiled
+    """(v in µV rounded half to even, as np.rint, and clipped to int16; whether it was clipped: rint(v)
+    outside int16, 32767.5 rounding to even 32768). The store's one rounding rule, inlined."""
+    return np.int16(np.rint(min(max(v, -32768.0), 32767.0))), (v >= 32767.5) | (v < -32768.5)
+
+
 @nb.njit(cache=True, nogil=True)
 def _direct(x, item, offset, n, sel, present, uv, sign, sig):  # pragma: no cover - compiled
     """sig[j, present[c], t] = lead sel[c] of item j's sample offset[j] + t in µV for t < n[j]: what
@@ -173,9 +180,8 @@ def _direct(x, item, offset, n, sel, present, uv, sign, sig):  # pragma: no cove
                 v = np.float64(frame[sel[c]])
                 nan = v != v
                 bad += nan
-                v = ((0.0 if nan else v) * uv) * sign[c]
-                cl += (v >= 32767.5) or (v < -32768.5)
-                out[present[c], t] = np.int16(np.rint(min(max(v, -32768.0), 32767.0)))
+                out[present[c], t], over = _round_clip(((0.0 if nan else v) * uv) * sign[c])
+                cl += over
         invalid[j] = bad
         clipped[j] = cl
     return invalid, clipped
@@ -197,9 +203,8 @@ def _direct_plain(x, item, offset, n, uv, sig):  # pragma: no cover - compiled
             v = np.float64(flat[i])
             nan = v != v
             bad += nan
-            v = (0.0 if nan else v) * uv  # (v * uv) * 1.0 in _pack: the same double
-            cl += (v >= 32767.5) | (v < -32768.5)
-            tmp[i] = np.int16(np.rint(min(max(v, -32768.0), 32767.0)))
+            tmp[i], over = _round_clip((0.0 if nan else v) * uv)  # (v * uv) * 1.0 in _pack: the same double
+            cl += over
         invalid[j] = bad
         clipped[j] = cl
         out = sig[j]
@@ -253,9 +258,8 @@ def _unpack(y, n_out, present, sig):
         for j in range(len(n_out)):
             base, cl = j * n_p, 0
             for c in range(n_p):
-                v = y[t, base + c]
-                cl += (v >= 32767.5) or (v < -32768.5)  # rint(v) outside int16 (32767.5 rounds to even 32768)
-                tmp[t, base + c] = np.int16(np.rint(min(max(v, -32768.0), 32767.0)))
+                tmp[t, base + c], over = _round_clip(y[t, base + c])
+                cl += over
             if t < n_out[j]:
                 clipped[j] += cl
     for t0 in range(0, n_t, TILE):

@@ -121,11 +121,9 @@ def is_array_spec(spec) -> bool:
     path, _ = split_spec(text)
     if path.lower().endswith(ARRAY_SUFFIXES):
         return True
-    if is_url(text):  # a CODE-15% folder on object storage: exams.csv beside its parts
-        fs, inner = url_fs(text.rstrip("/"))
-        return fs.isfile(f"{inner}/{CODE15_CSV}") and bool(_code15_parts(fs.ls(inner, detail=False)))
-    p = Path(local_path(path))
-    return p.is_dir() and (p / CODE15_CSV).is_file() and any(CODE15_PART.match(f.name) for f in p.iterdir())
+    fs, inner = url_fs(path.rstrip("/"))  # a local path too: fsspec's local file system
+    return (fs.isdir(inner) and fs.isfile(f"{inner}/{CODE15_CSV}")
+            and bool(_code15_parts(fs.ls(inner, detail=False))))
 
 
 def _code15_parts(names) -> list[tuple[int, str]]:
@@ -168,12 +166,8 @@ def _code15(folder: str, opts: ArrayOptions) -> ArrayInput:
     """A CODE-15% folder (a local path or an fsspec URL) as an ArrayInput."""
     from zarr_store import hdf5_io
 
-    if is_url(folder):
-        fs, inner = url_fs(folder)
-        names = fs.ls(inner, detail=False)
-    else:
-        names = os.listdir(folder)
-    files = [f"{folder}/{base}" for _, base in _code15_parts(names)]
+    fs, inner = url_fs(folder)
+    files = [f"{folder}/{base}" for _, base in _code15_parts(fs.ls(inner, detail=False))]
     table = read_exams_csv(f"{folder}/{CODE15_CSV}")
     parts, ids, meta, missing = [], [], [], 0
     attr_leads = None
@@ -216,12 +210,8 @@ def read_exams_csv(path: str) -> dict[str, tuple[float, int, str, str]]:
     local path or an fsspec URL."""
     import pandas as pd
 
-    if is_url(path):
-        fs, inner = url_fs(path)
-        exists = fs.isfile(inner)
-    else:
-        exists = os.path.isfile(path)
-    if not exists:
+    fs, inner = url_fs(path)
+    if not fs.isfile(inner):
         raise BadArgumentError(f"source {path.rsplit('/', 1)[0]}: no {CODE15_CSV}")
     df = pd.read_csv(path, dtype=str, keep_default_na=False)
     missing = [c for c in CODE15_COLUMNS if c not in df.columns]

@@ -176,14 +176,14 @@ def _only(path: str, names: list[str]) -> str:
 
 
 def _numpy_array(path: str, name: str | None, kind: str):
+    """The array of an .npy (memory-mapped), or member ``name`` of an .npz; opened once per process."""
     try:
         if kind == "npy":
             arr = _OPEN.get(path)
             if arr is None:
                 arr = _OPEN[path] = np.load(path, mmap_mode="r")
             return arr
-        name = name or npz_member(path)
-        key = f"{path}:{name}"
+        key = f"{path}:{name}"  # the member: open_generic resolved it when none was named
         if key not in _OPEN:
             with np.load(path) as z:
                 if name not in z.files:
@@ -210,13 +210,13 @@ def _read_npy_header(f) -> tuple | None:
 
 def npz_member(path: str) -> str:
     """The one 3-D member of an .npz, found from the members' headers (nothing decompressed whole)."""
-    with zipfile.ZipFile(path) as z, np.load(path) as npz:
-        found = []
-        for k in npz.files:
-            with z.open(_member_file(z, k)) as f:
+    found = []
+    with zipfile.ZipFile(path) as z:
+        for entry in z.namelist():
+            with z.open(entry) as f:
                 head = _read_npy_header(f)
             if head is None or len(head[0]) == 3:  # a header we cannot read: np.load decides later
-                found.append(k)
+                found.append(entry[:-4] if entry.endswith(".npy") else entry)  # np.load's member name
     return _only(path, found)
 
 
