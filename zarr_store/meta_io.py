@@ -1,8 +1,8 @@
 """The store's zarr.json files and metadata arrays, written without zarr's per-node machinery.
 
-zarr.json files are zarr's own templates (made once per process in memory, ``template``) with their
-shape and attributes set, serialized as zarr serializes them: the files are those zarr writes (tested),
-for ~6 ms less per conversion. A first conversion writes the metadata arrays' files directly
+zarr.json files are the ones zarr 3 writes for a new node (``template``, spelled out: no import of
+zarr) with their shape and attributes set, serialized as zarr serializes them: the files are those
+zarr writes (tested), for ~6 ms less per conversion. A first conversion writes the metadata arrays' files directly
 (shard_writer.meta_array_files, the bytes zarr writes); an append resizes them through zarr, on
 zarr's event loop, concurrently.
 """
@@ -13,7 +13,6 @@ import asyncio
 import functools
 import json
 import math
-import warnings
 
 import numpy as np
 
@@ -46,45 +45,63 @@ def read_json(io: StoreIO, key: str):
     return None if data is None else json.loads(data)
 
 
+# zarr's default ``json_indent``: its zarr.json files are written with it (tested equal to zarr's).
+JSON_INDENT = 2
+_BYTES_LE = {"name": "bytes", "configuration": {"endian": "little"}}
+_META_ZSTD = {"name": "zstd", "configuration": {"level": 0, "checksum": False}}
+
+
 @functools.lru_cache(maxsize=None)
 def template(kind: str, *key) -> dict:
-    """zarr's own zarr.json of a node (made once per process in memory): "group", "signals" (codec,
-    window, shard_size) or a metadata array's name. Its content is zarr's; only its shape and
-    attributes are set here, so the files are those zarr writes (tested)."""
-    import zarr
-    from zarr.storage import MemoryStore
+    """The zarr.json zarr 3 writes for a new node (read-only; callers copy it): "group", "signals"
+    (codec, window, shard_size) or a metadata array's name, with shape 0 along rows and no attributes.
+    Spelled out here, key order included, rather than made by zarr in memory: importing zarr to make
+    them cost 0.1-0.15 s, the largest set-up step of a conversion left after discovery; a test
+    compares each with the one zarr makes, so a zarr that writes them otherwise is caught."""
+    if kind == "group":
+        return {"attributes": {}, "zarr_format": 3, "node_type": "group"}
+    if kind == "signals":
+        codec, window, shard_size = key
+        chunk = ChunkCodec(codec, blocksize=12 * window * 2)
+        blosc = {"name": "blosc", "configuration": {"typesize": 2, "cname": chunk.cname, "clevel": 1,
+                                                      "shuffle": "bitshuffle", "blocksize": chunk.blocksize}}
+        delta = [{"name": "numcodecs.delta", "configuration": {"dtype": "<i2"}}] if codec == "delta" else []
+        return _array_json([0, 12, window], "int16", 0, [shard_size, 12, window], [1, 12, window],
+                           [*delta, _BYTES_LE, blosc, {"name": "crc32c"}], ["row", "lead", "time"])
+    if kind == "lead_mask":
+        return _array_json([0, 12], "bool", False, [META_SHARD, 12], [META_CHUNK, 12],
+                           [{"name": "bytes"}, _META_ZSTD], ["row", "lead"])
+    dtype, fill = META_ARRAYS[kind]
+    if dtype is str:
+        dtype, inner = "string", {"name": "vlen-utf8", "configuration": {}}
+    else:
+        inner = _BYTES_LE if np.dtype(dtype).itemsize > 1 else {"name": "bytes"}
+    if isinstance(fill, float) and math.isnan(fill):
+        fill = "NaN"
+    return _array_json([0], dtype, fill, [META_SHARD], [META_CHUNK], [inner, _META_ZSTD], ["row"])
 
-    files: dict = {}
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # numcodecs.delta is outside the v3 spec: said in the docs
-        if kind == "group":
-            zarr.open_group(MemoryStore(files), mode="w")
-            return json.loads(files["zarr.json"].to_bytes())
-        if kind == "signals":
-            codec, window, shard_size = key
-            filters, compressors = ChunkCodec(codec, blocksize=12 * window * 2).zarr_codecs()
-            spec = dict(shape=(0, 12, window), dtype="int16", chunks=(1, 12, window),
-                        shards=(shard_size, 12, window), filters=filters, compressors=compressors,
-                        fill_value=0, dimension_names=("row", "lead", "time"))
-        else:
-            spec = meta_spec(kind, 0)
-        zarr.create_array(MemoryStore(files), name="a", **spec)
-    return json.loads(files["a/zarr.json"].to_bytes())
+
+def _array_json(shape, dtype, fill, shard, chunk, codecs, dims) -> dict:
+    """zarr 3's zarr.json of a sharded array (index at the end, with its crc32c)."""
+    sharding = {"chunk_shape": chunk, "codecs": codecs, "index_codecs": [_BYTES_LE, {"name": "crc32c"}],
+                "index_location": "end"}
+    return {"shape": shape, "data_type": dtype,
+            "chunk_grid": {"name": "regular", "configuration": {"chunk_shape": shard}},
+            "chunk_key_encoding": {"name": "default", "configuration": {"separator": "/"}},
+            "fill_value": fill, "codecs": [{"name": "sharding_indexed", "configuration": sharding}],
+            "attributes": {}, "dimension_names": dims, "zarr_format": 3, "node_type": "array",
+            "storage_transformers": []}
 
 
 def write_node(io: StoreIO, path: str, node: dict, **changes) -> None:
     """Write ``path``/zarr.json: ``node`` (a template) with ``changes``, serialized as zarr does."""
-    import zarr
-
     meta = dict(node, **changes)
     key = f"{path}/zarr.json" if path else "zarr.json"
-    io.write(key, json.dumps(meta, allow_nan=True, indent=zarr.config.get("json_indent")).encode())
+    io.write(key, json.dumps(meta, allow_nan=True, indent=JSON_INDENT).encode())
 
 
 def direct_files(name: str, values: np.ndarray):
-    import zarr
-
-    return meta_array_files(template(name), values, zarr.config.get("json_indent"))
+    return meta_array_files(template(name), values, JSON_INDENT)
 
 
 def meta_spec(name: str, rows: int) -> dict:

@@ -45,6 +45,45 @@ def test_direct_metadata_files_equal_zarrs(tmp_path, rows):
         assert ours == theirs, name
 
 
+def _zarr_template(kind: str, *key) -> dict:
+    """The zarr.json zarr itself writes for a new node of ``kind`` (what meta_io.template spells out)."""
+    import warnings
+
+    from zarr.storage import MemoryStore
+
+    from zarr_store.meta_io import meta_spec
+    from zarr_store.shard_writer import ChunkCodec
+
+    files: dict = {}
+    if kind == "group":
+        zarr.open_group(MemoryStore(files), mode="w")
+        return json.loads(files["zarr.json"].to_bytes())
+    if kind == "signals":
+        codec, window, shard_size = key
+        filters, compressors = ChunkCodec(codec, blocksize=12 * window * 2).zarr_codecs()
+        spec = dict(shape=(0, 12, window), dtype="int16", chunks=(1, 12, window), shards=(shard_size, 12, window),
+                    filters=filters, compressors=compressors, fill_value=0, dimension_names=("row", "lead", "time"))
+    else:
+        spec = meta_spec(kind, 0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # numcodecs.delta is outside the v3 spec
+        zarr.create_array(MemoryStore(files), name="a", **spec)
+    return json.loads(files["a/zarr.json"].to_bytes())
+
+
+def test_templates_are_zarrs():
+    """Each zarr.json template, key order included, is the one zarr makes, and so is the indent."""
+    from zarr_store.meta_io import JSON_INDENT, META_ARRAYS, template
+
+    kinds = [("group",), ("lead_mask",), *[(name,) for name in META_ARRAYS],
+             *[("signals", codec, window, shard) for codec in ("zstd", "lz4", "delta")
+               for window, shard in ((5000, 512), (2500, 64))]]
+    for kind in kinds:
+        ours, theirs = template(*kind), _zarr_template(*kind)
+        assert json.dumps(ours) == json.dumps(theirs), kind
+    assert JSON_INDENT == zarr.config.get("json_indent")
+
+
 def test_grow_writes_zarrs_zarr_json(tmp_path):
     """The signals shape a conversion sets itself is the zarr.json zarr's own resize writes."""
     from zarr_store.meta_io import grow as _grow
