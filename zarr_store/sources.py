@@ -21,11 +21,13 @@ from its folder up to the root, else one up to two levels above the root.
 from __future__ import annotations
 
 import csv
+import functools
 import io
 import math
 import os
 import posixpath
 import re
+import stat
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import NamedTuple
@@ -169,10 +171,25 @@ def load_ptbxl_table(folder: str) -> PtbxlTable | None:
         fs, path = url_fs(f"{folder}/{PTBXL_CSV}")
         return _parse_ptbxl(fs.cat_file(path).decode("utf-8"), folder) if fs.isfile(path) else None
     path = os.path.join(folder, PTBXL_CSV)
-    if not os.path.isfile(path):
+    try:
+        st = os.stat(path)
+    except OSError:
         return None
+    if not stat.S_ISREG(st.st_mode):
+        return None
+    rows, low_rate = _parsed_ptbxl(os.path.realpath(path), st.st_size, st.st_mtime_ns)
+    return PtbxlTable(folder, rows, low_rate)
+
+
+@functools.lru_cache(maxsize=8)
+def _parsed_ptbxl(path: str, size: int, mtime_ns: int) -> tuple[dict, dict]:
+    """(rows, low_rate) of a local csv, parsed once per content as the file system dates it (size and
+    mtime in the key): sources given as sub-folders of one archive (``records500/00000``,
+    ``records500/01000``, ...) each find the same csv above them, 21,837 rows, ~0.1 s a parse.
+    Shared between tables: read-only."""
     with open(path, encoding="utf-8") as fh:
-        return _parse_ptbxl(fh.read(), folder)
+        table = _parse_ptbxl(fh.read(), "")
+    return table.rows, table.low_rate
 
 
 def _parse_ptbxl(text: str, root: str) -> PtbxlTable:
@@ -352,6 +369,14 @@ def discover_records(source: Path) -> list[str]:
     return sorted(names)
 
 
+def _posix_name(name: str) -> str:
+    """``name`` as pathlib would spell it (``a//b``, ``./a``, ``a/./b``, a trailing ``/``:
+    normalised), without making a Path for the names that need none (~5 µs each, 0.1 s of 20,000)."""
+    if "//" in name or name.startswith("./") or "/./" in name or name.endswith(("/", "/.")) or name == ".":
+        return Path(name).as_posix()
+    return name
+
+
 def _follow_records(source, prefix: str, names: set[str], depth: int) -> None:
     if is_url(source):
         text = cat_url(f"{str(source).rstrip('/')}/{prefix}RECORDS").decode("latin-1")
@@ -367,4 +392,4 @@ def _follow_records(source, prefix: str, names: set[str], depth: int) -> None:
                 except FileNotFoundError:
                     pass  # a folder without its own RECORDS
             continue
-        names.add(Path(prefix + entry).as_posix())
+        names.add(_posix_name(prefix + entry))

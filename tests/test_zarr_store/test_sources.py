@@ -86,3 +86,38 @@ def test_source_fallbacks(tmp_path):
     assert got == {"cinc/g1/good000": ("cinc", "g1/good000"), "good000": ("plain", "good000")}
     (tmp_path / "plain" / "cinc" / "g1" / "RECORDS").write_text("good000\n")
     assert _located(tmp_path / "plain")["cinc/g1/good000"].source == "g1"  # the nearest marker wins
+
+
+def test_posix_name_is_pathlibs():
+    """RECORDS entries are named as pathlib normalises them, with or without the Path made."""
+    from pathlib import Path
+
+    from zarr_store.sources import _posix_name
+
+    for name in ("a/b", "a//b", "./a", "a/./b", "a/.", ".", "a/b/", "../a", "a/../b", ".a/b.", "a.b/./c//d",
+                 "records500/00000/00001_hr", "x/ y", "\u00b5/V", "a/.hidden", "./", "a/.."):
+        assert _posix_name(name) == Path(name).as_posix(), name
+
+
+def test_ptbxl_csv_parsed_once_per_content(tmp_path):
+    """Two folders that link one csv share its parse; a csv rewritten in place is parsed again."""
+    import os
+
+    from zarr_store.sources import _parsed_ptbxl, load_ptbxl_table
+
+    csv = tmp_path / "db.csv"
+    csv.write_text("ecg_id,patient_id,age,sex,strat_fold,scp_codes,filename_lr,filename_hr\n"
+                   "1,15709.0,56.0,1,3,\"{'NORM': 100.0}\",records100/00000/00001_lr,records500/00000/00001_hr\n")
+    for name in ("one", "two"):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "ptbxl_database.csv").symlink_to(csv)
+    _parsed_ptbxl.cache_clear()
+    a, b = load_ptbxl_table(str(tmp_path / "one")), load_ptbxl_table(str(tmp_path / "two"))
+    assert (a.root, b.root) == (str(tmp_path / "one"), str(tmp_path / "two"))
+    assert a.rows is b.rows and a.rows["records500/00000/00001_hr"].age == 56.0
+    assert a.low_rate == {"records100/00000/00001_lr": "records500/00000/00001_hr"}
+    assert _parsed_ptbxl.cache_info().misses == 1
+    csv.write_text(csv.read_text().replace(",56.0,", ",57.0,"))
+    os.utime(csv, ns=(0, 10**18))  # a new mtime whatever the file system's clock resolution
+    assert load_ptbxl_table(str(tmp_path / "one")).rows["records500/00000/00001_hr"].age == 57.0
+    assert load_ptbxl_table(str(tmp_path / "missing")) is None
