@@ -23,7 +23,7 @@
 # Triton compiling each autotuning config (123 tests: 134 s on an H100 machine's 16 cores).
 #
 # The CUDA test machine has Python 3.12 with torch and triton but not zarr, wfdb and a few others. Before
-# going there, run ../shared/tools/gpu-wheels.sh zarr==3.1.6 numcodecs==0.16.6 zstandard here (it fills .whl/, ignored
+# going there, run ../shared/tools/gpu-wheels.sh zarr==3.1.6 numcodecs==0.16.6 zstandard bitshuffle here (it fills .whl/, ignored
 # by git; newer zarr needs msgspec, which it does not fetch, and zarr's pytest plugin then breaks every
 # pytest run there, which is also why the runs below pass -p no:zarr) and carry .whl along;
 # this script installs those wheels into .site (ignored) and puts the repository and .site on PYTHONPATH.
