@@ -7,13 +7,14 @@ inspections arrive and hands out each shard's task as soon as its rows are known
 (in-process) and ``run_parallel`` (processes, Dask) run them.
 
 The parallel path reads each record once: rows are assigned from *predicted* records
-(``predict_record``: the header and the signal files' sizes, ~26 µs a PTB-XL record, in batches
-run by the workers ahead of the shard tasks), and each shard task inspects its records as it reads
-them and writes its shard only when every inspection agrees (tasks.run_checked_task). A record
-the prediction got wrong (flat or all no-data samples, a read error: known only from the samples)
-stops new tasks; once the running ones are back the rows are assigned again with what the tasks
-found, and only the shards whose content changed are written again. Inspecting everything first (the earlier design) read every record twice and
-held the shard tasks back until all inspections were in: two workers reached 1.3x one core.
+(``predict_record``: the header and the signal files' sizes, ~26 µs a PTB-XL record; local worker
+processes predict in batches ahead of the shard tasks, see _predictions), and each shard task
+inspects its records as it reads them and writes its shard only when every inspection agrees
+(tasks.run_checked_task). A record the prediction got wrong (flat or all no-data samples, a read
+error: known only from the samples) stops new tasks; once the running ones are back the rows are
+assigned again with what the tasks found, and only the shards whose content changed are written
+again. Inspecting everything first (the earlier design) read every record twice and held the shard
+tasks back until all inspections were in: two workers reached 1.3x one core.
 """
 
 from __future__ import annotations

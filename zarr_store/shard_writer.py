@@ -76,8 +76,9 @@ def bit_shuffle(chunk: np.ndarray) -> np.ndarray:
     low byte), element ``i`` at bit ``i % 8`` of byte ``i // 8``.
 
     The ``bitshuffle`` package's transpose (the kernel Blosc bundles): ~22 µs for a 12 x 5000 row and
-    ~1 ms to import, where our former Numba kernel (~29 µs) cost each process ~0.5 s to load (Numba's
-    registries, and the scipy.linalg they import), most of a short parallel conversion's set-up.
+    ~1 ms to import, where our former Numba kernel (~29 µs) cost each process 0.5-0.7 s to load (numba's
+    import, its registries and the scipy.linalg they import), most of a short parallel conversion's
+    set-up. The encoder's probe checks its bytes against numcodecs' Blosc in every process.
     Its transpose, not its ``bitshuffle()``: that one runs blocks in an OpenMP team, whose threads
     spin beside the encoder (4.7 s of CPU in a 2.6 s conversion) and hang workers forked after it."""
     from bitshuffle.ext import trans_bit_elem

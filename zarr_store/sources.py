@@ -185,8 +185,8 @@ def load_ptbxl_table(folder: str) -> PtbxlTable | None:
 def _parsed_ptbxl(path: str, size: int, mtime_ns: int) -> tuple[dict, dict]:
     """(rows, low_rate) of a local csv, parsed once per content as the file system dates it (size and
     mtime in the key): sources given as sub-folders of one archive (``records500/00000``,
-    ``records500/01000``, ...) each find the same csv above them, 21,837 rows, ~0.1 s a parse.
-    Shared between tables: read-only."""
+    ``records500/01000``, ...) each find the same csv above them: ~4.3 µs a row measured (on 500
+    rows), so ~0.09 s for PTB-XL's 21,837, once per source. Shared between tables: read-only."""
     with open(path, encoding="utf-8") as fh:
         table = _parse_ptbxl(fh.read(), "")
     return table.rows, table.low_rate
