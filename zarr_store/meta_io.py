@@ -57,7 +57,9 @@ def template(kind: str, *key) -> dict:
     (codec, window, shard_size) or a metadata array's name, with shape 0 along rows and no attributes.
     Spelled out here, key order included, rather than made by zarr in memory: importing zarr to make
     them cost 0.1-0.15 s, the largest set-up step of a conversion left after discovery; a test
-    compares each with the one zarr makes, so a zarr that writes them otherwise is caught."""
+    compares each with the one zarr makes, so a zarr that writes them otherwise is caught. They are
+    zarr's defaults (JSON_INDENT, the metadata arrays' zstd): a zarr.config changing those is not
+    followed here, though an append that zarr writes follows it; either store reads the same."""
     if kind == "group":
         return {"attributes": {}, "zarr_format": 3, "node_type": "group"}
     if kind == "signals":

@@ -291,22 +291,39 @@ def predict_batch(args) -> list[tuple[PlannedRecord | BadRecord, bool]]:
     return [predict_record(source, root, name, rate, window, min_seconds) for name in names]
 
 
+AHEAD = 4  # prediction batches in flight per worker
+
+
 def _predictions(batches, runner: Runner):
-    """(result, confirmed) per record in record order. Local processes predict every record, in
-    batches submitted before any shard task (so they run first); a Dask cluster predicts only those
-    of URLs (a request per header); this process the rest. Why the local workers: measured on
-    20,000 PTB-XL records with workers=2 (3 interleaved rounds), 4.70-4.87 s and 8.9-9.2 s of CPU in
-    all against 4.87-5.21 s and 9.2-9.9 s when predicted here, and 1.34-1.43 s against 1.35-1.63 s
-    at 5,000. Likely why (not measured apart): predicting here held the interpreter that the pool's
-    threads in this process need to pass tasks and results. A running LocalCluster of 2 predicting
-    local records took 1.99 s and 6.28 s (5,000 and 20,000 records) in one benchmark run, 1.54 s and
-    5.74 s predicting none in the run before (not interleaved: the machine may account for part)."""
-    futures = deque()
-    for b in batches:
-        out = runner.parallel and (runner.pool is not None or is_url(b[1]))
-        futures.append(runner.submit(predict_batch, b) if out else b)
-    for f in futures:
-        yield from predict_batch(f) if isinstance(f, tuple) else f.result()
+    """(result, confirmed) per record in record order. Local processes predict every record, a Dask
+    cluster only those of URLs (a request per header), this process the rest; up to AHEAD batches
+    per worker are in flight, topped up as they are consumed, so that shard tasks start while later
+    records are predicted and an archive's predictions are not all held at once.
+
+    Why the local workers: measured on 20,000 PTB-XL records with workers=2 (3 interleaved rounds),
+    4.70-4.87 s and 8.9-9.2 s of CPU in all against 4.87-5.21 s and 9.2-9.9 s when predicted here,
+    and 1.34-1.43 s against 1.35-1.63 s at 5,000 (all batches submitted first, then). Likely why
+    (not measured apart): predicting here held the interpreter that the pool's threads in this
+    process need to pass tasks and results. A running LocalCluster of 2 predicting local records
+    took 1.99 s and 6.28 s (5,000 and 20,000 records) in one benchmark run, 1.54 s and 5.74 s
+    predicting none in the run before (not interleaved: the machine may account for part)."""
+    batches, pending = iter(batches), deque()
+    ahead = AHEAD * max(runner.workers, 1)
+
+    def top_up() -> None:
+        while len(pending) < ahead:
+            b = next(batches, None)
+            if b is None:
+                return
+            out = runner.parallel and (runner.pool is not None or is_url(b[1]))
+            pending.append(runner.submit(predict_batch, b) if out else b)
+
+    top_up()
+    while pending:
+        f = pending.popleft()  # not kept once consumed: the results live on in run_parallel's entries
+        results = predict_batch(f) if isinstance(f, tuple) else f.result()
+        top_up()
+        yield from results
 
 
 INFLIGHT = 2  # shard tasks submitted per worker: one running, one waiting in its queue

@@ -117,7 +117,10 @@ def test_ptbxl_csv_parsed_once_per_content(tmp_path):
     assert a.rows is b.rows and a.rows["records500/00000/00001_hr"].age == 56.0
     assert a.low_rate == {"records100/00000/00001_lr": "records500/00000/00001_hr"}
     assert _parsed_ptbxl.cache_info().misses == 1
-    csv.write_text(csv.read_text().replace(",56.0,", ",57.0,"))
-    os.utime(csv, ns=(0, 10**18))  # a new mtime whatever the file system's clock resolution
+    before = csv.stat()
+    new = tmp_path / "db.csv.new"  # replaced as rsync -a and tar do: same size, same mtime, a new file
+    new.write_text(csv.read_text().replace(",56.0,", ",57.0,"))
+    os.utime(new, ns=(before.st_atime_ns, before.st_mtime_ns))
+    os.replace(new, csv)
     assert load_ptbxl_table(str(tmp_path / "one")).rows["records500/00000/00001_hr"].age == 57.0
     assert load_ptbxl_table(str(tmp_path / "missing")) is None
