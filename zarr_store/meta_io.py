@@ -2,9 +2,9 @@
 
 zarr.json files are the ones zarr 3 writes for a new node (``template``, spelled out: no import of
 zarr) with their shape and attributes set, serialized as zarr serializes them: the files are those
-zarr writes (tested), for ~6 ms less per conversion. A first conversion writes the metadata arrays' files directly
-(shard_writer.meta_array_files, the bytes zarr writes); an append resizes them through zarr, on
-zarr's event loop, concurrently.
+zarr writes (tested), for ~6 ms less per conversion. A first conversion writes the metadata arrays'
+files directly (shard_writer.meta_array_files, the bytes zarr writes); an append resizes them
+through zarr, on zarr's event loop, concurrently.
 """
 
 from __future__ import annotations

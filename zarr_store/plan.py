@@ -315,7 +315,7 @@ def _predictions(batches, runner: Runner):
             b = next(batches, None)
             if b is None:
                 return
-            out = runner.parallel and (runner.pool is not None or is_url(b[1]))
+            out = runner.pool is not None or (runner.parallel and is_url(b[1]))
             pending.append(runner.submit(predict_batch, b) if out else b)
 
     top_up()
