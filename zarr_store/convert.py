@@ -143,7 +143,7 @@ def convert(sources, out, *, rate: int = 500, window_s: float = 10.0, workers: i
         # Before the workers are forked from this process, so that they inherit its imports.
         warm_up(opts.codec, opts.window)
         laps.lap("encoder")
-    with frozen_heap(), Runner(1 if in_process else workers, None if in_process else dask) as runner:
+    with frozen_heap(), Runner(1 if in_process else workers, None if in_process else dask, affine=True) as runner:
         laps.lap("workers")
         trees = [SourceTree(r) for r in roots]
         # Rows below ``start`` only: a re-run of a conversion killed after writing its metadata must not

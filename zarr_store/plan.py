@@ -7,10 +7,12 @@ inspections arrive and hands out each shard's task as soon as its rows are known
 (in-process) and ``run_parallel`` (processes, Dask) run them.
 
 The parallel path reads each record once: rows are assigned from *predicted* records
-(``predict_record``: the header and the signal files' sizes, ~26 µs a PTB-XL record; local worker
+(``predict_record``: the header and the signal files' sizes, ~26 µs a PTB-XL record; worker
 processes predict in batches ahead of the shard tasks, see _predictions), and each shard task
 inspects its records as it reads them and writes its shard only when every inspection agrees
-(tasks.run_checked_task). A record the prediction got wrong (flat or all no-data samples, a read
+(tasks.run_checked_task). A shard task goes to the worker that predicted its records, which kept
+their parsed headers: each header is read once too (with one shared queue, read twice, the
+workers spent 7-16% more CPU than one core). A record the prediction got wrong (flat or all no-data samples, a read
 error: known only from the samples) stops new tasks; once the running ones are back the rows are
 assigned again with what the tasks found, and only the shards whose content changed are written
 again. Inspecting everything first (the earlier design) read every record twice and held the shard
@@ -27,8 +29,8 @@ from dataclasses import dataclass
 
 from zarr_store import sources, wfdb_io
 from zarr_store.paths import is_url
-from zarr_store.records import (N_LEADS, BadRecord, PlannedRecord, lead_plan, inspect_record, n_resampled,
-                                release_cache, windows_of)
+from zarr_store.records import (N_LEADS, BadRecord, PlannedRecord, inspect_record, keep_header, lead_plan,
+                                n_resampled, release_cache, windows_of)
 from zarr_store.runner import Runner
 from zarr_store.shard_writer import StoreIO
 from zarr_store.sources import Located, SourceTree
@@ -257,13 +259,15 @@ def _run_one(plan: Plan, task: ShardTask, done: dict, bar, stream: ShardStream) 
             release_cache(r.path)
 
 
-def predict_record(source: int, root: str, name: str, rate: int, window: int,
-                   min_seconds: float) -> tuple[PlannedRecord | BadRecord, bool]:
+def predict_record(source: int, root: str, name: str, rate: int, window: int, min_seconds: float,
+                   token: str | None = None) -> tuple[PlannedRecord | BadRecord, bool]:
     """(result, confirmed): the PlannedRecord that inspection will make of a record whose samples
     turn out fine, from its header and (local files) its signal files' sizes only; equal field for
     field, since it is the same code short of reading the samples. Records it cannot predict (a
     bad or missing header or file, no standard leads, too short, formats read through wfdb) are
-    inspected here, in full: the result is then confirmed."""
+    inspected here, in full: the result is then confirmed. ``token``: keep the header of a
+    predicted record in this process under it (records.keep_header), for the shard task that
+    inspects the record here."""
     path = os.path.join(root, name)
     try:
         header = wfdb_io.read_header(path + ".hea")
@@ -278,6 +282,8 @@ def predict_record(source: int, root: str, name: str, rate: int, window: int,
             if n and len(sel) and n_out >= min_samples:
                 n_windows = windows_of(n_out, window, min_samples)
                 meta = sources.comment_meta(header.comments) if header.comments else sources.RecordMeta()
+                if token is not None:
+                    keep_header(token, path, header)
                 return PlannedRecord(source, name, path, float(header.fs), int(n), int(n_out), int(n_windows),
                                      lead_idx, dropped, inverted, False, meta.age, meta.sex, meta.labels,
                                      meta.strat_fold, meta.patient_id), False
@@ -287,43 +293,61 @@ def predict_record(source: int, root: str, name: str, rate: int, window: int,
 
 
 def predict_batch(args) -> list[tuple[PlannedRecord | BadRecord, bool]]:
-    source, root, names, rate, window, min_seconds = args
-    return [predict_record(source, root, name, rate, window, min_seconds) for name in names]
+    """predict_record of each name of a batch ``(source, root, names, rate, window, min_seconds,
+    token)``."""
+    source, root, names, rate, window, min_seconds, token = args
+    return [predict_record(source, root, name, rate, window, min_seconds, token) for name in names]
 
 
 AHEAD = 4  # prediction batches in flight per worker
 
 
-def _predictions(batches, runner: Runner):
-    """(result, confirmed) per record in record order. Local processes predict every record, a Dask
-    cluster only those of URLs (a request per header), this process the rest; up to AHEAD batches
-    per worker are in flight, topped up as they are consumed, so that shard tasks start while later
-    records are predicted and an archive's predictions are not all held at once.
+def _predictions(batches, runner: Runner, start: int, shard_size: int, token: str):
+    """(result, confirmed, worker) per record in record order: worker processes predict every
+    record, this process only when it converts in-process; up to AHEAD batches per worker are in
+    flight, topped up as they are consumed, so that shard tasks start while later records are
+    predicted and an archive's predictions are not all held at once. Batches are cut where a shard
+    would begin if each record were one row, and the records of one such shard go to one worker
+    (``worker``; None: predicted here), which keeps their headers for the shard task that
+    run_parallel then sends it (records.keep_header): each header is read once.
 
-    Why the local workers: measured on 20,000 PTB-XL records with workers=2 (3 interleaved rounds),
+    Why the workers: measured on 20,000 PTB-XL records with workers=2 (3 interleaved rounds),
     4.70-4.87 s and 8.9-9.2 s of CPU in all against 4.87-5.21 s and 9.2-9.9 s when predicted here,
     and 1.34-1.43 s against 1.35-1.63 s at 5,000 (all batches submitted first, then). Likely why
     (not measured apart): predicting here held the interpreter that the pool's threads in this
-    process need to pass tasks and results. A running LocalCluster of 2 predicting local records
-    took 1.99 s and 6.28 s (5,000 and 20,000 records) in one benchmark run, 1.54 s and 5.74 s
-    predicting none in the run before (not interleaved: the machine may account for part)."""
-    batches, pending = iter(batches), deque()
-    ahead = AHEAD * max(runner.workers, 1)
+    process need to pass tasks and results."""
+    n = max(runner.workers, 1)
+
+    def pieces():
+        row = start
+        for s, root, names, rate, window, min_seconds in batches:
+            i = 0
+            while i < len(names):
+                j = min(len(names), i + shard_size - row % shard_size)
+                yield (s, root, names[i:j], rate, window, min_seconds, token), (row // shard_size) % n
+                row += j - i
+                i = j
+
+    feed, pending = pieces(), deque()
 
     def top_up() -> None:
-        while len(pending) < ahead:
-            b = next(batches, None)
+        while len(pending) < AHEAD * n:
+            b = next(feed, None)
             if b is None:
                 return
-            out = runner.pool is not None or (runner.parallel and is_url(b[1]))
-            pending.append(runner.submit(predict_batch, b) if out else b)
+            batch, worker = b
+            if runner.parallel:
+                pending.append((runner.submit(predict_batch, batch, worker), worker))
+            else:
+                pending.append((batch, None))
 
     top_up()
     while pending:
-        f = pending.popleft()  # not kept once consumed: the results live on in run_parallel's entries
+        f, worker = pending.popleft()  # not kept once consumed: the results live on in run_parallel's entries
         results = predict_batch(f) if isinstance(f, tuple) else f.result()
         top_up()
-        yield from results
+        for result, confirmed in results:
+            yield result, confirmed, worker
 
 
 INFLIGHT = 2  # shard tasks submitted per worker: one running, one waiting in its queue
@@ -331,20 +355,24 @@ INFLIGHT = 2  # shard tasks submitted per worker: one running, one waiting in it
 
 def run_parallel(plan: Plan, batches, done: dict, bar, runner: Runner) -> None:
     """Shard tasks over predicted rows (see the module docstring), submitted in shard order as
-    their rows are known, up to INFLIGHT per worker; each checks its records (tasks.run_checked_task).
-    ``done``: markers of shards an earlier run wrote, trusted when their digest matches."""
+    their rows are known, up to INFLIGHT per worker, each to the worker that predicted its records
+    unless that one has INFLIGHT already and another has room; each checks its records
+    (tasks.run_checked_task). ``done``: markers of shards an earlier run wrote, trusted when their
+    digest matches."""
     opts = plan.opts
-    entries: list[list] = []  # per record, in record order: [result, confirmed]
+    token = os.urandom(8).hex()  # this call's: see records.keep_header
+    entries: list[list] = []  # per record, in record order: [result, confirmed, worker that predicted it]
     plan_entry: list[int] = []  # plan.records[i] is entries[plan_entry[i]]
     written = {k: (m, True) for k, m in done.items()}  # shard -> (marker, from an earlier run)
     used: dict[int, tuple[dict, bool]] = {}  # the same, for the shards of the rows as now assigned
     ending: dict[int, int] = {}  # shard -> records ending in it (progress)
-    inflight: dict = {}  # future -> (task, index of its first record in plan.records)
+    inflight: dict = {}  # future -> (task, index of its first record in plan.records, worker)
+    busy = [0] * max(runner.workers, 1)  # shard tasks in flight per worker
     queue: deque = deque()  # (task, that index), ready to submit
-    feed = _predictions(batches, runner)
+    feed = _predictions(batches, runner, plan.start, opts.shard_size, token)
     limit = INFLIGHT * max(runner.workers, 1)
     state = {"shown": 0, "finished": 0}
-    replan = exhausted = False
+    replan = exhausted = changed = False
 
     def progress() -> None:
         now = state["finished"] + len(plan.bad)
@@ -367,15 +395,25 @@ def run_parallel(plan: Plan, batches, done: dict, bar, runner: Runner) -> None:
         """Rows again, from scratch, with what the tasks found."""
         plan.reset()
         plan_entry.clear()
-        for k, (result, _) in enumerate(entries):
+        for k, (result, _, _) in enumerate(entries):
             if plan.add(result) is not None:
                 plan_entry.append(k)
+
+    def worker_for(task: ShardTask, a: int) -> int | None:
+        w = entries[plan_entry[a + len(task.records) // 2]][2] if task.records else None
+        if w is None or busy[w] < INFLIGHT:
+            return w
+        free = min(range(len(busy)), key=busy.__getitem__)
+        return free if busy[free] < INFLIGHT else w
 
     while True:
         while not replan and len(inflight) < limit:
             if queue:
                 task, a = queue.popleft()
-                inflight[runner.submit(run_checked_task, (task, opts.min_seconds))] = (task, a)
+                w = worker_for(task, a)
+                if w is not None:
+                    busy[w] += 1
+                inflight[runner.submit(run_checked_task, (task, opts.min_seconds, token), w)] = (task, a, w)
             elif exhausted:
                 break
             else:
@@ -393,7 +431,7 @@ def run_parallel(plan: Plan, batches, done: dict, bar, runner: Runner) -> None:
         if not inflight:
             if not replan:
                 break
-            replan = False
+            replan = changed = False
             assign()
             used.clear()
             ending.clear()
@@ -401,20 +439,26 @@ def run_parallel(plan: Plan, batches, done: dict, bar, runner: Runner) -> None:
             take(plan.ready(final=exhausted))
             continue
         for fut in runner.wait_first(inflight):
-            task, a = inflight.pop(fut)
+            task, a, w = inflight.pop(fut)
+            if w is not None:
+                busy[w] -= 1
             result = fut.result()
-            for k, real in enumerate(result["inspected"]):
+            for k, real in result["changed"]:
                 entry = entries[plan_entry[a + k]]
                 if not entry[1]:
                     replan |= not agrees(entry[0], real)
-                    entry[0], entry[1] = real, True
+                    entry[0] = real
+                    changed = True
+            for k in range(len(task.records)):
+                entries[plan_entry[a + k]][1] = True
             if result["marker"] is not None:
                 written[task.shard] = (result["marker"], False)
                 if not replan:  # else kept for the new rows if its digest still matches
                     used[task.shard] = written[task.shard]
                     state["finished"] += ending[task.shard]
                     progress()
-    assign()  # the records as inspected (a resumed shard's were inspected when it was written)
+    if changed:  # the records as inspected (a resumed shard's were inspected when it was written)
+        assign()
     assert len(used) == len(ending), "every shard of the rows is written"
     n_shards = -(-plan.next_row // opts.shard_size)
     io = StoreIO(plan.url)

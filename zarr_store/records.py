@@ -133,15 +133,35 @@ def _give_back(buffer: wfdb_io.ReadBuffer) -> None:
         _POOL.append(buffer)
 
 
+# (conversion token, record path) -> the Header a worker process parsed to predict the record
+# (zarr_store.plan.predict_record), for its own shard task's inspection of it: the header is then
+# read once. Each is taken on first use; the token (new for each conversion) keeps a long-lived
+# Dask worker from taking a header an earlier conversion left, and MAX_HEADERS bounds what the
+# records of resumed shards, or of shard tasks run elsewhere, leave behind.
+_HEADERS: dict[tuple[str, str], wfdb_io.Header] = {}
+MAX_HEADERS = 4096
+
+
+def keep_header(token: str, path: str, header: wfdb_io.Header) -> None:
+    if len(_HEADERS) >= MAX_HEADERS:
+        try:
+            del _HEADERS[next(iter(_HEADERS))]  # the oldest
+        except (KeyError, RuntimeError, StopIteration):  # another thread of a Dask worker was first
+            pass
+    _HEADERS[(token, path)] = header
+
+
 def inspect_record(source: int, root: str, record_id: str, rate: int, window: int,
-                   min_seconds: float, keep: bool = False) -> PlannedRecord | BadRecord:
+                   min_seconds: float, keep: bool = False, token: str | None = None) -> PlannedRecord | BadRecord:
     """Validate one record and compute its rows; never raises for a bad record. ``keep``: hold the
-    samples read for record_signal (see _CACHE; release_cache frees them)."""
+    samples read for record_signal (see _CACHE; release_cache frees them). ``token``: use the header
+    kept under it (keep_header), if any, instead of reading it again."""
     path = os.path.join(root, record_id)  # strings, not pathlib: this runs once per record
     buffer = (_POOL.pop() if _POOL else wfdb_io.ReadBuffer()) if keep else None
+    header = _HEADERS.pop((token, path), None) if token is not None and _HEADERS else None
     kept = None
     try:
-        kept, result = _inspect(source, path, record_id, rate, window, min_seconds, buffer)
+        kept, result = _inspect(source, path, record_id, rate, window, min_seconds, buffer, header)
         return result
     except RecordError as exc:
         reason, detail = _reason(exc)
@@ -155,11 +175,14 @@ def inspect_record(source: int, root: str, record_id: str, rate: int, window: in
             _give_back(buffer)
 
 
-def _inspect(source, path, record_id, rate, window, min_seconds, buffer) -> tuple[tuple | None, PlannedRecord | BadRecord]:
+def _inspect(source, path, record_id, rate, window, min_seconds, buffer,
+             header=None) -> tuple[tuple | None, PlannedRecord | BadRecord]:
     """((header or None, samples) to keep, or None; the PlannedRecord or BadRecord). Signal files
-    are read into ``buffer`` when it is given; what is kept is returned only then."""
+    are read into ``buffer`` when it is given; what is kept is returned only then. ``header``: the
+    record's, already read (else read here)."""
     directory = os.path.dirname(path)
-    header = wfdb_io.read_header(path + ".hea")
+    if header is None:
+        header = wfdb_io.read_header(path + ".hea")
     meta = sources.comment_meta(header.comments) if header.comments else _NO_META
     if header.numpy_readable:
         # read_digital checks what check_files would (missing, short, unreadable files) when the

@@ -63,11 +63,14 @@ class Runner:
     """submit() / wait_first(), map() and as_completed() over local processes (``workers`` of them,
     started as start_method() says), a Dask cluster (``dask="local"`` starts a LocalCluster of
     ``workers`` processes; otherwise a scheduler address), or in-process (workers=1). A context
-    manager: pools and clusters it made are closed."""
+    manager: pools and clusters it made are closed. ``affine``: local processes each with a pipe of
+    their own (procpool.Pool), so that ``submit(..., worker=i)`` reaches the same process each time
+    (on a Dask cluster: the same worker, where it is free); else one shared queue."""
 
-    def __init__(self, workers: int, dask):
-        self.workers, self.dask = workers, dask
+    def __init__(self, workers: int, dask, affine: bool = False):
+        self.workers, self.dask, self.affine = workers, dask, affine
         self.pool = self.client = self.cluster = None
+        self.addresses: list[str] = []  # Dask workers, in a fixed order (submit's ``worker``)
 
     def __enter__(self):
         if self.dask is not None:
@@ -95,6 +98,13 @@ class Runner:
                     raise BadArgumentError(f"dask: cannot reach a scheduler at {self.dask!r} ({exc})") from None
                 info = self.client.scheduler_info()
                 self.workers = max(1, sum(w.get("nthreads", 1) for w in info.get("workers", {}).values()))
+            self.addresses = sorted(self.client.scheduler_info().get("workers", {}))
+        elif self.workers > 1 and self.affine:
+            import multiprocessing
+
+            from zarr_store.procpool import Pool
+
+            self.pool = Pool(self.workers, multiprocessing.get_context(start_method()), initializer=_die_with_parent)
         elif self.workers > 1:
             import multiprocessing
             from concurrent.futures import ProcessPoolExecutor
@@ -104,7 +114,9 @@ class Runner:
         return self
 
     def __exit__(self, *exc):
-        if self.pool is not None:
+        if self.pool is not None and self.affine:
+            self.pool.close()
+        elif self.pool is not None:
             self.pool.shutdown(cancel_futures=True)
         if self.client is not None:
             self.client.close()
@@ -115,10 +127,15 @@ class Runner:
     def parallel(self) -> bool:
         return self.pool is not None or self.client is not None
 
-    def submit(self, fn, x):
-        """A future of ``fn(x)`` (in-process: computed now)."""
+    def submit(self, fn, x, worker: int | None = None):
+        """A future of ``fn(x)`` (in-process: computed now); ``worker``: which process, when affine."""
         if self.client is not None:
+            if worker is not None and self.addresses:
+                return self.client.submit(fn, x, pure=False, workers=[self.addresses[worker % len(self.addresses)]],
+                                          allow_other_workers=True)
             return self.client.submit(fn, x, pure=False)
+        if self.pool is not None and self.affine:
+            return self.pool.submit(fn, x, worker)
         if self.pool is not None:
             return self.pool.submit(fn, x)
         fut = Future()
@@ -135,6 +152,8 @@ class Runner:
             from distributed import wait
 
             return list(wait(futures, return_when="FIRST_COMPLETED").done)
+        if self.pool is not None and self.affine:
+            return self.pool.wait_first(futures)
         from concurrent.futures import FIRST_COMPLETED, wait
 
         return list(wait(futures, return_when=FIRST_COMPLETED).done)
@@ -143,6 +162,8 @@ class Runner:
         """Results in the order of ``items``."""
         if self.client is not None:
             return self.client.gather(self.client.map(fn, items, pure=False))
+        if self.pool is not None and self.affine:
+            return [f.result() for f in [self.pool.submit(fn, x) for x in items]]
         if self.pool is not None:
             return list(self.pool.map(fn, items))
         return [fn(x) for x in items]
@@ -153,6 +174,13 @@ class Runner:
 
             for fut in as_completed(self.client.map(fn, items, pure=False)):
                 yield fut.result()
+        elif self.pool is not None and self.affine:
+            left = [self.pool.submit(fn, x) for x in items]
+            while left:
+                done = self.pool.wait_first(left)
+                left = [f for f in left if not f.done()]
+                for fut in done:
+                    yield fut.result()
         elif self.pool is not None:
             from concurrent.futures import as_completed
 

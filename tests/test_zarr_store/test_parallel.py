@@ -63,19 +63,25 @@ def test_each_record_read_and_encoded_once(tmp_path, monkeypatch):
     """With bad records that headers and file sizes reveal, the parallel path (its tasks run here:
     the pool replaced by in-process calls, so the counts are visible) reads each good record's signal
     file once and encodes each row once; the planner reads headers only."""
+    import zarr_store.records as records
     import zarr_store.runner as runner
     import zarr_store.shard_writer as sw
     import zarr_store.wfdb_io as wfdb_io
 
     arch = write_archive(tmp_path / "arch", n=13, fs=500, seconds=10.0, bad=HEADER_KINDS)
     monkeypatch.setattr(runner.Runner, "__enter__", lambda self: self)  # workers=2, no pool: in-process
-    reads, encodes = [], []
-    real_read, real_encode = wfdb_io.read_digital, sw.ChunkEncoder.encode
+    reads, encodes, headers = [], [], []
+    real_read, real_encode, real_header = wfdb_io.read_digital, sw.ChunkEncoder.encode, wfdb_io.read_header
     monkeypatch.setattr(wfdb_io, "read_digital", lambda h, *a, **k: reads.append(h.name) or real_read(h, *a, **k))
     monkeypatch.setattr(sw.ChunkEncoder, "encode", lambda self, c: encodes.append(1) or real_encode(self, c))
+    monkeypatch.setattr(wfdb_io, "read_header", lambda p: headers.append(Path(p).stem) or real_header(p))
     got = convert([arch.root], tmp_path / "s.zarr", progress=False, shard_size=4, workers=2)
     # the bad records the planner inspects in full ("truncated") read their file there, once
     assert sorted(r for r in reads if r.startswith("good")) == arch.good
+    # a good record's header is read once: the shard task inspects it with the header its
+    # prediction kept (records.keep_header), and nothing is left kept once the tasks are done
+    assert sorted(h for h in headers if h.startswith("good")) == arch.good
+    assert not records._HEADERS
     assert len(encodes) == got.rows == 13
     monkeypatch.undo()
     ref = convert([arch.root], tmp_path / "ref.zarr", progress=False, shard_size=4)
