@@ -139,3 +139,61 @@ def test_parallel_resume_after_sigkill_equals_uninterrupted(tmp_path):
     assert not list(out.rglob(".tmp-*"))
     assert_same_arrays(load(out), load(ref))
     assert _files(out) == _files(ref)
+
+
+class _Recorder:
+    """A Runner of two "workers" that runs each task here at once and notes where it was sent."""
+
+    workers, parallel, pool, client = 2, True, None, None
+
+    def __init__(self):
+        self.sent = []  # (function name, task argument, worker)
+
+    def submit(self, fn, x, worker=None):
+        from concurrent.futures import Future
+
+        self.sent.append((fn.__name__, x, worker))
+        fut = Future()
+        fut.set_result(fn(x))
+        return fut
+
+    def wait_first(self, futures):
+        return list(futures)
+
+
+def test_shard_tasks_go_to_the_worker_that_predicted_their_records(tmp_path):
+    """Predictions go to the workers in turn, a shard's worth of records each, and each shard task to
+    the worker that predicted its records, where their headers wait (records.keep_header): with
+    two sources of 11 records and shards of 4, the cuts fall inside the sources."""
+    from zarr_store.plan import Plan, run_parallel, select_records
+    from zarr_store.convert import ConvertOptions
+    from zarr_store.sources import SourceTree, discover_records
+    from zarr_store.records import _HEADERS
+
+    roots = [write_archive(tmp_path / f"a{k}", n=11, fs=500, bad=()).root for k in range(2)]
+    trees = [SourceTree(r) for r in roots]
+    names = [discover_records(r) for r in roots]
+    opts = ConvertOptions(500, 10.0, "zstd", 4, 1.0)
+    sel = select_records(roots, names, trees, set(), opts.rate, opts.window, opts.min_seconds)
+    url = str(tmp_path / "s.zarr")
+    convert([roots[0]], url, progress=False, shard_size=4)  # a store to write shards into (rows appended)
+    plan = Plan(url, "test", 11, opts, sel.located)
+    runner = _Recorder()
+
+    class Bar:
+        def update(self, n):
+            pass
+
+    run_parallel(plan, sel.batches, {}, Bar(), runner)
+    predicted = {}  # record path -> worker
+    for fn, x, w in runner.sent:
+        if fn == "predict_batch":
+            for s, root, batch in x[0]:
+                predicted.update({f"{root}/{n}": w for n in batch})
+    shards = [(x[0], w) for fn, x, w in runner.sent if fn == "run_checked_task"]
+    # rows 11..32: shard 2 holds rows 11 (one record), shard 3 rows 12-15, ... shard 8 rows 32
+    assert [t.shard for t, _ in shards] == list(range(2, 9))
+    assert [w for t, w in shards] == [t.shard % 2 for t, _ in shards]
+    for t, w in shards:
+        assert {predicted[r.path] for r in t.records} == {w}
+    assert plan.next_row == 33 and not _HEADERS  # every kept header taken by its shard task
