@@ -175,6 +175,16 @@ class Runner:
             fut.set_exception(exc)
         return fut
 
+    def least_loaded(self, prefer: int) -> int:
+        """``prefer``, unless another local worker has fewer unfinished tasks (then that one): on a
+        VM whose cores run at different speeds, work follows the faster one. A Dask cluster's
+        load is not looked up (a request): ``prefer``."""
+        if self.pool is None or not self.affine:
+            return prefer
+        loads = [self.pool.load(i) for i in range(len(self.pool))]
+        least = min(loads)
+        return prefer if loads[prefer % len(loads)] == least else loads.index(least)
+
     def wait_first(self, futures) -> list:
         """The futures of ``futures`` that are done, once at least one is."""
         futures = list(futures)
