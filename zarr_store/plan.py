@@ -462,6 +462,7 @@ def run_parallel(plan: Plan, batches, done: dict, bar, runner: Runner) -> None:
                 break
             replan = changed = False
             assign()
+            queue.clear()  # tasks of the rows as assigned before: take() makes the new ones
             used.clear()
             ending.clear()
             state["finished"] = 0

@@ -160,6 +160,9 @@ class _Recorder:
     def wait_first(self, futures):
         return list(futures)
 
+    def least_loaded(self, prefer):
+        return prefer
+
 
 def test_shard_tasks_go_to_the_worker_that_predicted_their_records(tmp_path):
     """Predictions go to the workers in turn, a shard's worth of records each, and each shard task to
