@@ -52,7 +52,7 @@ import numpy as np
 from zarr_store import mimic, wfdb_io
 from zarr_store.array_sources import ArrayOptions, is_array_spec
 from zarr_store.errors import BadArgumentError
-from zarr_store.meta_io import read_json, template, write_json, write_metadata, write_node
+from zarr_store.meta_io import grow, read_json, template, write_json, write_metadata, write_node
 from zarr_store.paths import is_url, local_path, url_fs
 from zarr_store.plan import ALREADY, Plan, run_parallel, run_streaming, select_records
 from zarr_store.runner import Runner, frozen_heap
@@ -156,17 +156,26 @@ def convert(sources, out, *, rate: int = 500, window_s: float = 10.0, workers: i
         plan = Plan(url, conv_id, start, opts, selection.located)
         from tqdm.auto import tqdm
 
+        written_for = []  # plan.version of the rows whose metadata is written
+
+        def metadata() -> None:
+            joined = mimic.join(plan, mimic_tables)  # subject ids as patient ids, study ids, times, reports
+            write_metadata(io, plan.records, np.array(plan.first_rows + [plan.next_row], dtype=np.int64),
+                           plan.sources, plan.record_ids, opts.window, extra=joined and joined.columns,
+                           grow_signals=False)
+            mimic.write_table(io, joined, start)
+            written_for.append(plan.version)
+
         with tqdm(total=selection.n_records, unit="rec", desc="convert", disable=not progress, smoothing=0.1,
                   dynamic_ncols=True) as bar:
             if in_process:
                 run_streaming(plan, selection.batches, done, bar)
-            else:
-                run_parallel(plan, selection.batches, done, bar, runner)
+            else:  # metadata written while the last shard tasks run, again if their rows change
+                run_parallel(plan, selection.batches, done, bar, runner, while_last=metadata)
         laps.lap("records")  # in-process, the chunk encoder's first load (~15 ms) is in here
-        joined = mimic.join(plan, mimic_tables)  # subject ids as patient ids, study ids, times, reports
-        write_metadata(io, plan.records, np.array(plan.first_rows + [plan.next_row], dtype=np.int64),
-                       plan.sources, plan.record_ids, opts.window, extra=joined and joined.columns)
-        mimic.write_table(io, joined, start)
+        if written_for[-1:] != [plan.version]:
+            metadata()
+        grow(io, "signals", (plan.next_row, 12, opts.window))  # last: the store's row count
         laps.lap("metadata")
     end, bad = plan.next_row, selection.duplicates + plan.bad
     summary = plan_summary(url, plan, bad, selection.already, end - start)

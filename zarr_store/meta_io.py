@@ -117,11 +117,12 @@ def meta_spec(name: str, rows: int) -> dict:
 
 
 def write_metadata(io: StoreIO, plan: list, first_rows: np.ndarray, sources: list[str],
-                   record_ids: list[str], window: int, extra: dict | None = None) -> None:
+                   record_ids: list[str], window: int, extra: dict | None = None, grow_signals: bool = True) -> None:
     """Rows [first_rows[0], first_rows[-1]) of every metadata array, for the PlannedRecords ``plan``
     (record k starts at row first_rows[k]; its source name and record id are sources[k],
     record_ids[k]; ``extra[name][k]`` its value of an EXTRA_ARRAYS array, "" when absent); then
-    ``signals`` grows to the new row count (last: it is the store's row count)."""
+    ``signals`` grows to the new row count (last: it is the store's row count), unless not
+    ``grow_signals`` (metadata written while the last shards are: the caller grows it after them)."""
     start, end = int(first_rows[0]), int(first_rows[-1])
     counts = np.array([p.n_windows for p in plan], dtype=np.int64)
     rec_of_row = np.repeat(np.arange(len(plan)), counts)
@@ -167,7 +168,8 @@ def write_metadata(io: StoreIO, plan: list, first_rows: np.ndarray, sources: lis
     if cols:  # appending (or zarr refused the direct path): zarr writes these
         _write_with_zarr(io.url, cols, exists, start, end)
     # Last: a store's row count is the shape of signals.
-    grow(io, "signals", (end, 12, window))
+    if grow_signals:
+        grow(io, "signals", (end, 12, window))
 
 
 def _write_with_zarr(url: str, cols: dict, exists: dict, start: int, end: int) -> None:

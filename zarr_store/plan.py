@@ -139,9 +139,11 @@ class Plan:
         self.results: list[dict] = []
         self.written = self.resumed = 0
         self.task_first: dict[int, int] = {}  # shard -> index in ``records`` of its task's first record
+        self.version = 0  # counts resets: what was derived from the rows before one is stale
 
     def reset(self) -> None:
         """Forget every row assigned (run_parallel assigns them again after a wrong prediction)."""
+        self.version += 1
         self.records, self.sources, self.record_ids, self.first_rows, self.bad = [], [], [], [], []
         self.next_row, self.next_shard = self.start, self.start // self.opts.shard_size
         self.task_first = {}
@@ -363,10 +365,12 @@ INFLIGHT = 2  # shard tasks submitted per worker: one running, one waiting in it
 WAIT = -1  # run_parallel's worker_for: no worker is idle
 
 
-def run_parallel(plan: Plan, batches, done: dict, bar, runner: Runner) -> None:
+def run_parallel(plan: Plan, batches, done: dict, bar, runner: Runner, while_last=None) -> None:
     """Shard tasks over predicted rows (see the module docstring), submitted in shard order as
     their rows are known, up to INFLIGHT per worker on average, each to the worker that predicted
-    its records (see worker_for); each checks its records
+    its records (see worker_for); ``while_last()`` is called once every task is submitted, while
+    the last run (this process is idle then; plan.version tells whether the rows changed after
+    it: a wrong prediction found by one of them); each checks its records
     (tasks.run_checked_task). ``done``: markers of shards an earlier run wrote, trusted when their
     digest matches."""
     opts = plan.opts
@@ -457,6 +461,9 @@ def run_parallel(plan: Plan, batches, done: dict, bar, runner: Runner) -> None:
                 else:
                     exhausted = True
                     take(plan.ready(final=True))
+        if while_last is not None and exhausted and not queue and not replan and inflight:
+            while_last()
+            while_last = None
         if not inflight:
             if not replan:
                 break

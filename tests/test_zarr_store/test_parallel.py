@@ -200,3 +200,25 @@ def test_shard_tasks_go_to_the_worker_that_predicted_their_records(tmp_path):
     for t, w in shards:
         assert {predicted[r.path] for r in t.records} == {w}
     assert plan.next_row == 33 and not _HEADERS  # every kept header taken by its shard task
+
+
+def test_wrong_prediction_in_the_last_shard_rewrites_the_metadata(tmp_path, monkeypatch):
+    """The metadata is written while the last shard tasks run (convert's while_last); a flat record
+    that only the last task finds shifts nothing but removes a row: the metadata is written again
+    for the rows as inspected, and the store equals in-process, metadata arrays included."""
+    import zarr_store.convert as conv
+
+    arch = write_archive(tmp_path / "arch", n=15, fs=250, seconds=10.0, bad=())
+    write_record(tmp_path / "arch", "zz_flat", np.full((2500, 12), 0.5), 250)
+    (tmp_path / "arch" / "RECORDS").write_text("".join(f"{r}\n" for r in [*arch.good, "zz_flat"]))
+    one = convert([arch.root], tmp_path / "one.zarr", progress=False, shard_size=4)
+    rows_written = []
+    real = conv.write_metadata
+    monkeypatch.setattr(conv, "write_metadata", lambda io, plan, *a, **k: rows_written.append(len(plan)) or
+                        real(io, plan, *a, **k))
+    two = convert([arch.root], tmp_path / "two.zarr", progress=False, shard_size=4, workers=2)
+    assert rows_written == [16, 15]  # as predicted (the flat record too), then as inspected
+    assert one.rows == two.rows == 15 and two.skipped == one.skipped == {"flat": 1}
+    assert_same_arrays(load(tmp_path / "one.zarr"), load(tmp_path / "two.zarr"))
+    assert _files(tmp_path / "one.zarr") == _files(tmp_path / "two.zarr")
+    assert load(tmp_path / "two.zarr")["record_id"][-1] == arch.good[-1]
