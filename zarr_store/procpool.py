@@ -17,11 +17,13 @@ from concurrent.futures import Future
 from dataclasses import dataclass, field
 from multiprocessing.connection import wait as wait_readable
 
+from zarr_store.errors import StoreError
+
 _STOP = b""  # a message of no bytes: the worker exits
 
 
-class WorkerDied(RuntimeError):
-    """A worker process ended while tasks sent to it were unfinished."""
+class WorkerDied(StoreError, RuntimeError):
+    """A worker process ended while tasks sent to it were unfinished (killed, out of memory)."""
 
 
 def _serve(conn, initializer) -> None:
@@ -144,7 +146,8 @@ class Pool:
         w.process.join(1.0)
         code = w.process.exitcode
         how = f"killed by signal {-code}" if code is not None and code < 0 else f"exit code {code}"
-        w.dead = f"conversion worker process {w.process.pid} ended ({how}) with {len(w.pending)} task(s) unfinished"
+        w.dead = (f"conversion worker process {w.process.pid} ended ({how}) with {len(w.pending)} task(s) unfinished; "
+                  "what was finished is kept: run the same command again to continue")
         while w.pending:
             w.pending.popleft().set_exception(WorkerDied(w.dead))
 

@@ -222,3 +222,39 @@ def test_wrong_prediction_in_the_last_shard_rewrites_the_metadata(tmp_path, monk
     assert_same_arrays(load(tmp_path / "one.zarr"), load(tmp_path / "two.zarr"))
     assert _files(tmp_path / "one.zarr") == _files(tmp_path / "two.zarr")
     assert load(tmp_path / "two.zarr")["record_id"][-1] == arch.good[-1]
+
+
+_WORKER_KILLED = """
+import os, signal, sys
+import zarr_store.tasks as tasks
+real = tasks.run_checked_task
+def dying(args):
+    if args[0].shard == 3:  # this worker process dies (as if out of memory) before writing shard 3
+        os.kill(os.getpid(), signal.SIGKILL)
+    return real(args)
+dying.__module__, dying.__qualname__ = "zarr_store.tasks", "run_checked_task"  # pickled by name
+import zarr_store.plan as plan
+plan.run_checked_task = tasks.run_checked_task = dying
+from crema_fast.cli import main
+sys.exit(main(["convert", sys.argv[1], "--out", sys.argv[2], "--shard-size", "4", "--workers", "2"]))
+"""
+
+
+def test_a_worker_killed_gives_a_one_line_error_and_a_rerun_finishes(tmp_path):
+    """A worker process killed mid-conversion: the command exits non-zero with one line naming the
+    process and the way on, no traceback; the same command again gives the in-process store."""
+    arch = _archive_with_flats(tmp_path / "arch")
+    ref = tmp_path / "ref.zarr"
+    convert([arch.root], ref, progress=False, shard_size=4)
+    out = tmp_path / "out.zarr"
+    res = subprocess.run([sys.executable, "-c", _WORKER_KILLED, str(arch.root), str(out)], cwd=REPO,
+                         capture_output=True, text=True, timeout=120)
+    assert res.returncode == 2, res.stderr
+    last = res.stderr.strip().splitlines()[-1]
+    assert "Traceback" not in res.stderr
+    assert last.startswith("crema-fast convert: error: conversion worker process ")
+    assert "(killed by signal 9)" in last and "run the same command again to continue" in last
+    summary = convert([arch.root], out, progress=False, shard_size=4, workers=2)
+    assert summary.converted == 30
+    assert_same_arrays(load(out), load(ref))
+    assert _files(out) == _files(ref)
