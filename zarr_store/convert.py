@@ -239,7 +239,8 @@ def plan_summary(url: str, plan: Plan, bad: list, already: int, rows: int) -> Co
     if already:
         skipped[ALREADY] = already
     summary.skipped = dict(sorted(skipped.items()))
-    summary.leads_present = {lead: sum(p.lead_idx[j] >= 0 for p in plan.records)
+    layouts = Counter(p.lead_idx for p in plan.records)  # a few distinct ones: 12 passes over each, not the records
+    summary.leads_present = {lead: sum(n for idx, n in layouts.items() if idx[j] >= 0)
                              for j, lead in enumerate(wfdb_io.LEADS)}
     summary.dropped_signals = dict(sorted(Counter(n for p in plan.records for n in p.dropped).items()))
     summary.clipped_samples = sum(r["clipped"] for r in plan.results)
