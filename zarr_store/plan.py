@@ -303,6 +303,7 @@ def predict_batch(args) -> list[tuple[PlannedRecord | BadRecord, bool]]:
 
 
 AHEAD = 2  # prediction tasks (a shard's worth of records each) in flight per worker
+DASK_SHARDS = 2  # ... two shards' worth on a Dask cluster, where each task costs the client ~7 ms of CPU
 
 
 def _predictions(batches, runner: Runner, start: int, shard_size: int, token: str):
@@ -322,21 +323,22 @@ def _predictions(batches, runner: Runner, start: int, shard_size: int, token: st
     (not measured apart): predicting here held the interpreter that the pool's threads in this
     process need to pass tasks and results."""
     n = max(runner.workers, 1)
+    span = shard_size * (DASK_SHARDS if runner.client is not None else 1)  # records per prediction task
 
     def pieces():
-        """(prediction task, worker): the records of one shard-sized run, from one or more batches."""
+        """(prediction task, worker): the records of one span-sized run, from one or more batches."""
         row, first, parts = start, start, []
         for s, root, names, rate, window, min_seconds in batches:
             i = 0
             while i < len(names):
-                j = min(len(names), i + shard_size - row % shard_size)
+                j = min(len(names), i + span - row % span)
                 parts.append((s, root, names[i:j]))
                 row, i = row + j - i, j
-                if row % shard_size == 0:
-                    yield (tuple(parts), rate, window, min_seconds, token), (first // shard_size) % n
+                if row % span == 0:
+                    yield (tuple(parts), rate, window, min_seconds, token), (first // span) % n
                     first, parts = row, []
         if parts:
-            yield (tuple(parts), rate, window, min_seconds, token), (first // shard_size) % n
+            yield (tuple(parts), rate, window, min_seconds, token), (first // span) % n
 
     feed, pending = pieces(), deque()
 
