@@ -309,8 +309,9 @@ DASK_SHARDS = 2  # ... two shards' worth on a Dask cluster, where each task cost
 def _predictions(batches, runner: Runner, start: int, shard_size: int, token: str):
     """(result, confirmed, worker) per record in record order: worker processes predict every
     record, this process only when it converts in-process. A prediction task holds the records of
-    one shard if each record were one row (``shard_size`` records, from one batch or several), and
-    the tasks go to the workers in turn (``worker``; None: predicted here); each worker keeps the
+    one shard if each record were one row (``shard_size`` records, from one batch or several; two
+    shards' on Dask), and the tasks go to the workers in turn, or to a local worker with fewer
+    tasks waiting (``worker``; None: predicted here); each worker keeps the
     headers it parsed for the shard task that run_parallel then sends it (records.keep_header), so
     that each header is read once. Up to AHEAD tasks per worker are in flight, topped up as they
     are consumed, so that shard tasks start while later records are predicted and an archive's
