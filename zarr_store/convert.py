@@ -170,8 +170,9 @@ def convert(sources, out, *, rate: int = 500, window_s: float = 10.0, workers: i
                   dynamic_ncols=True) as bar:
             if in_process:
                 run_streaming(plan, selection.batches, done, bar)
-            else:  # metadata written while the last shard tasks run, again if their rows change
-                run_parallel(plan, selection.batches, done, bar, runner, while_last=metadata)
+            else:  # a first conversion's metadata written while the last shard tasks run (again if
+                # they change the rows: written afresh, meta_io); an append's resizes arrays: after
+                run_parallel(plan, selection.batches, done, bar, runner, while_last=metadata if start == 0 else None)
         laps.lap("records")  # in-process, the chunk encoder's first load (~15 ms) is in here
         if written_for[-1:] != [plan.version]:
             metadata()

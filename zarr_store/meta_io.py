@@ -145,10 +145,9 @@ def write_metadata(io: StoreIO, plan: list, first_rows: np.ndarray, sources: lis
         cols[name] = np.array(values, dtype=object)[rec_of_row]
     cols["lead_mask"] = np.array([[i >= 0 for i in p.lead_idx] for p in plan], dtype=bool).reshape(-1, 12)[rec_of_row]
     cols = {k: v.astype(str) if v.dtype == object else v for k, v in cols.items()}
-    # A metadata array missing here is created with its final shape (a first conversion, or a re-run
-    # of one killed before this step): its files written directly (shard_writer.meta_array_files, the
-    # bytes zarr writes), zarr.json last. An existing one (append, re-run) is resized through zarr.
-    # Both idempotent.
+    # A first conversion's metadata arrays are created with their final shape: their files written
+    # directly (shard_writer.meta_array_files, the bytes zarr writes), zarr.json last. An existing
+    # one of an append is resized through zarr. Both idempotent.
     exists = {name: io.exists(f"{name}/zarr.json") for name in cols}
     for name in LATER_ARRAYS:
         if start > 0 and not exists[name]:
@@ -159,6 +158,13 @@ def write_metadata(io: StoreIO, plan: list, first_rows: np.ndarray, sources: lis
             del cols[name], exists[name]
     if start == 0:
         for name, values in list(cols.items()):
+            if exists[name]:
+                # Left by this conversion's own earlier write (a store of no rows has no other
+                # metadata): one of a run killed after it, or the one written while the last shards
+                # were (convert), for rows a wrong prediction then changed. Written afresh: resized
+                # through zarr, a shorter array would keep the dropped rows' bytes in its chunk.
+                io.remove_tree(name)
+                exists[name] = False
             if not exists[name]:
                 files = direct_files(name, values)
                 if files is not None:

@@ -372,8 +372,8 @@ def run_parallel(plan: Plan, batches, done: dict, bar, runner: Runner, while_las
     """Shard tasks over predicted rows (see the module docstring), submitted in shard order as
     their rows are known, up to INFLIGHT per worker on average, each to the worker that predicted
     its records (see worker_for); ``while_last()`` is called once every task is submitted, while
-    the last run (this process is idle then; plan.version tells whether the rows changed after
-    it: a wrong prediction found by one of them); each checks its records
+    the last tasks run (this process is idle then; plan.version tells whether the rows changed
+    after it: a wrong prediction found by one of them); each checks its records
     (tasks.run_checked_task). ``done``: markers of shards an earlier run wrote, trusted when their
     digest matches."""
     opts = plan.opts

@@ -11,6 +11,7 @@ from __future__ import annotations
 import pickle
 import queue
 import threading
+import time
 import traceback
 from collections import deque
 from concurrent.futures import Future
@@ -60,14 +61,22 @@ def _serve(conn, initializer) -> None:
 
 
 class _PoolFuture(Future):
+    """Nothing else reads the pipes: ``result()`` reads them until this one's outcome is in, and
+    Pool.wait_first does for a set; concurrent.futures.wait, as_completed, ``exception()`` and
+    done-callbacks alone make no progress."""
+
     def __init__(self, pool: Pool):
         super().__init__()
         self._pool = pool
 
     def result(self, timeout=None):
-        while not self.done():  # nothing else reads the pipes: read them until this one is in
-            self._pool.pump()
-        return super().result(timeout)
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while not self.done():
+            left = None if deadline is None else deadline - time.monotonic()
+            if left is not None and left <= 0:
+                raise TimeoutError(f"no result within {timeout} s")
+            self._pool.pump(left)
+        return super().result(0)
 
 
 @dataclass
@@ -108,9 +117,10 @@ class Pool:
         if w.dead:
             fut.set_exception(WorkerDied(w.dead))
             return fut
+        data = pickle.dumps((fn, x), protocol=pickle.HIGHEST_PROTOCOL)  # may raise: nothing sent yet
         w.pending.append(fut)
         try:
-            w.conn.send_bytes(pickle.dumps((fn, x), protocol=pickle.HIGHEST_PROTOCOL))
+            w.conn.send_bytes(data)
         except OSError:
             self._died(w)
         return fut
@@ -123,11 +133,15 @@ class Pool:
         for conn in wait_readable(list(busy), timeout):
             w = busy[conn]
             try:
-                ok, value = pickle.loads(conn.recv_bytes())
+                data = conn.recv_bytes()
             except (EOFError, OSError):
                 self._died(w)
                 continue
             fut = w.pending.popleft()
+            try:
+                ok, value = pickle.loads(data)
+            except Exception as exc:  # pickled there, not readable here (an error class's own arguments)
+                ok, value = False, RuntimeError(f"a worker's result could not be read back: {exc!r}")
             if ok:
                 fut.set_result(value)
             else:

@@ -7,9 +7,9 @@ file, so no locks are needed.
 
 from __future__ import annotations
 
-import functools
 import hashlib
 import json
+import threading
 from dataclasses import dataclass
 
 import numpy as np
@@ -79,8 +79,9 @@ def run_shard_task(task: ShardTask, on_rows=None) -> dict:
 
 
 def warm_up(codec: str, window: int) -> None:
-    """Make one chunk encoder (imports zstandard and bitshuffle, probes the fast path: 10-17 ms
-    measured) before worker processes are forked from this one, so that they inherit the imports.
+    """Make this thread's chunk encoder (imports zstandard and bitshuffle, probes the fast path: 10-17
+    ms measured) before worker processes are forked from this one, so that they inherit the imports
+    and the encoder.
     When the bit-shuffle was a Numba kernel this was 0.45-0.6 s, and spared each worker as much."""
     chunk_encoder(codec, window)
 
@@ -92,21 +93,21 @@ def agrees(predicted: PlannedRecord, real: PlannedRecord | BadRecord) -> bool:
             and real.n_windows == predicted.n_windows)
 
 
-def run_checked_task(args: tuple[ShardTask, float]) -> dict:
-    """The parallel converter's shard task (``args``: the task, the shortest record kept in
-    seconds). Its rows were assigned from predicted records (plan.predict_record: headers and file
-    sizes only), so each record is inspected here as it is read (records.inspect_record, the
-    in-process converter's check), then encoded at once from the same samples: each signal file is
-    read once (twice for a record whose rows straddle two shards). When an inspection disagrees
-    with the prediction (a flat or all-NaN record, a file that fails to read) no shard is written
-    (its temporary file goes); the rest of the task's records are still inspected, without being
-    encoded, so that the planner learns every fact at once. ``args``' third item, the conversion's
-    token, names the headers this process kept when it predicted them (records.keep_header).
-    Returns ``{"marker": the marker (None when not written), "changed": [(k, inspection result)]
-    for each task.records[k] that inspection found otherwise (its first 11 fields: all but the
-    metadata, which plan.Plan.add may have taken from PTB-XL's table)}``: with one row per record
-    that is nearly always none, and sending back every record cost the converting process 0.25 ms
-    a shard to read."""
+def run_checked_task(args: tuple[ShardTask, float, str | None]) -> dict:
+    """The parallel converter's shard task (``args``: the task, the shortest record kept in seconds,
+    the conversion's token, which names the headers this process kept when it predicted the
+    records: records.keep_header). Its rows were assigned from predicted records
+    (plan.predict_record: headers and file sizes only), so each record is inspected here as it is
+    read (records.inspect_record, the in-process converter's check), then encoded at once from the
+    same samples: each signal file is read once (twice for a record whose rows straddle two
+    shards). When an inspection disagrees with the prediction (a flat or all-NaN record, a file
+    that fails to read) no shard is written (its temporary file goes); the rest of the task's
+    records are still inspected, without being encoded, so that the planner learns every fact at
+    once. Returns ``{"marker": the marker (None when not written), "changed": [(k, inspection
+    result)] for each task.records[k] that inspection found otherwise (its first 11 fields: all but
+    the metadata, which plan.Plan.add may have taken from PTB-XL's table)}``: with one row per
+    record that is nearly always none, and sending back every record cost the converting process
+    0.25 ms a shard to read."""
     task, min_seconds, token = args
     io = StoreIO(task.url)
     encoder = chunk_encoder(task.codec, task.window)
@@ -213,11 +214,21 @@ class ShardStream:
         return entry
 
 
-@functools.lru_cache(maxsize=8)
+_ENCODERS = threading.local()  # (codec, window) -> ChunkEncoder, per thread
+
+
 def chunk_encoder(codec: str, window: int) -> ChunkEncoder:
-    """One per process and kind: making one probes the codec's fast path (~1 ms), once per shard task
-    before."""
-    return ChunkEncoder(ChunkCodec(codec, blocksize=N_LEADS * window * 2))
+    """One per thread and kind: making one probes the codec's fast path (~1 ms), once per shard task
+    before. Per thread, not per process: a zstandard compressor must not be used by two threads
+    at once (a Dask worker of several threads; shared, 4 threads gave wrong chunks, then crashed).
+    A worker process forked from the converting process inherits that thread's (warm_up)."""
+    cache = getattr(_ENCODERS, "cache", None)
+    if cache is None:
+        cache = _ENCODERS.cache = {}
+    encoder = cache.get((codec, window))
+    if encoder is None:
+        encoder = cache[(codec, window)] = ChunkEncoder(ChunkCodec(codec, blocksize=N_LEADS * window * 2))
+    return encoder
 
 
 def open_shard(io: StoreIO, key: str, size: int, base: int, first_new: int) -> ShardFile:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import multiprocessing
 import os
+import pickle
 import signal
 
 import pytest
@@ -91,3 +92,42 @@ def test_close_with_unfinished_tasks_kills_the_workers():
     pool.close()
     assert time.perf_counter() - t0 < 10
     assert pool._workers[0].process.exitcode == -signal.SIGKILL
+
+
+def _cannot_rebuild():
+    raise TypeError("missing an argument")  # as an error class whose __init__ takes two
+
+
+class _Unreadable:
+    """Pickles in the worker; reading it back here fails."""
+
+    def __reduce__(self):
+        return _cannot_rebuild, ()
+
+
+def _unreadable(x):
+    return _Unreadable()
+
+
+def test_results_that_cannot_be_read_back_or_sent_fail_their_own_future():
+    """A task's outcome that pickles but cannot be unpickled fails that future, not the next one; an
+    argument that cannot be pickled raises at submit and leaves nothing pending; a timeout is kept."""
+    import time
+
+    pool = Pool(1, multiprocessing.get_context("fork"))
+    try:
+        bad = pool.submit(_unreadable, 1, worker=0)
+        good = pool.submit(_remember, "next", worker=0)
+        with pytest.raises(RuntimeError, match="could not be read back"):
+            bad.result()
+        assert good.result()[1][-1] == "next"
+        with pytest.raises((pickle.PicklingError, AttributeError)):
+            pool.submit(_remember, lambda: None, worker=0)  # a lambda does not pickle
+        assert pool.load(0) == 0
+        assert pool.submit(_remember, "after", worker=0).result()[1][-1] == "after"
+        slow = pool.submit(time.sleep, 1.0, worker=0)
+        with pytest.raises(TimeoutError):
+            slow.result(timeout=0.05)
+        assert slow.result() is None
+    finally:
+        pool.close()

@@ -185,3 +185,21 @@ def test_chunks_end_with_their_crc32c():
     assert got == body + google_crc32c.value(body).to_bytes(4, "little")
     assert numcodecs.blosc.decompress(got[:-4]) == x.tobytes()
     assert [c.to_dict()["name"] for c in ChunkCodec("zstd").zarr_codecs()[1]] == ["blosc", "crc32c"]
+
+
+def test_chunk_encoder_is_one_per_thread():
+    """tasks.chunk_encoder caches an encoder per thread: a zstandard compressor must not be shared
+    between threads (a Dask worker of several threads)."""
+    import threading
+
+    from zarr_store.tasks import chunk_encoder
+
+    here = chunk_encoder("zstd", 50)
+    assert chunk_encoder("zstd", 50) is here and chunk_encoder("zstd", 60) is not here
+    there = []
+    t = threading.Thread(target=lambda: there.append(chunk_encoder("zstd", 50)))
+    t.start()
+    t.join()
+    assert there[0] is not here
+    x = np.arange(12 * 50, dtype=np.int16).reshape(12, 50)
+    assert there[0].encode(x) == here.encode(x)
