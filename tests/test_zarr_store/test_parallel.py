@@ -262,3 +262,17 @@ def test_a_worker_killed_gives_a_one_line_error_and_a_rerun_finishes(tmp_path):
     assert summary.converted == 30
     assert_same_arrays(load(out), load(ref))
     assert _files(out) == _files(ref)
+
+
+def test_spawned_workers_give_the_in_process_store(tmp_path, monkeypatch):
+    """Beside other threads (a notebook, a caller's own) the workers are spawned, not forked
+    (runner.start_method): they import everything themselves and keep no state of this process;
+    the store is still the in-process one, wrong predictions included."""
+    import zarr_store.runner as runner
+
+    arch = _archive_with_flats(tmp_path / "arch", n=9)
+    convert([arch.root], tmp_path / "one.zarr", progress=False, shard_size=4)
+    monkeypatch.setattr(runner, "start_method", lambda: "spawn")
+    convert([arch.root], tmp_path / "two.zarr", progress=False, shard_size=4, workers=2)
+    assert_same_arrays(load(tmp_path / "one.zarr"), load(tmp_path / "two.zarr"))
+    assert _files(tmp_path / "one.zarr") == _files(tmp_path / "two.zarr")
