@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import pickle
 import queue
+import signal
 import threading
 import time
 import traceback
@@ -31,6 +32,9 @@ def _serve(conn, initializer) -> None:
     """A worker's loop: run each task as it arrives, send back ``(True, result)`` or ``(False, error)``.
     A thread takes messages off the pipe as they come, so that this process never leaves the
     converting one blocked on a full pipe while it runs a task (and both stuck: each sending)."""
+    # Ctrl-C reaches every process of the terminal's group: the converting process stops the
+    # workers (close), and a worker's own KeyboardInterrupt only printed half a traceback as it died.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     if initializer is not None:
         initializer()
     inbox: queue.SimpleQueue = queue.SimpleQueue()

@@ -5,6 +5,7 @@ same store as in-process, resumable after a SIGKILL."""
 from __future__ import annotations
 
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -276,3 +277,46 @@ def test_spawned_workers_give_the_in_process_store(tmp_path, monkeypatch):
     convert([arch.root], tmp_path / "two.zarr", progress=False, shard_size=4, workers=2)
     assert_same_arrays(load(tmp_path / "one.zarr"), load(tmp_path / "two.zarr"))
     assert _files(tmp_path / "one.zarr") == _files(tmp_path / "two.zarr")
+
+
+_INTERRUPTED_RUN = """
+import signal, sys, time
+signal.signal(signal.SIGINT, signal.default_int_handler)  # a background job may inherit it ignored
+import zarr_store.tasks as tasks
+real = tasks.ShardFile.commit
+def slow(*a, **k):
+    time.sleep(0.15)  # slow shards, so that Ctrl-C lands mid-run
+    return real(*a, **k)
+tasks.ShardFile.commit = slow
+from crema_fast.cli import main
+sys.exit(main(["convert", sys.argv[1], "--out", sys.argv[2], "--shard-size", "4", "--workers", "2"]))
+"""
+
+
+def test_ctrl_c_with_workers_prints_one_line_and_a_rerun_finishes(tmp_path):
+    """Ctrl-C (SIGINT to the whole process group, as a terminal sends it) during a conversion with
+    two workers: exit 130 with one line and nothing from the workers; the same command again gives
+    the in-process store."""
+    arch = _archive_with_flats(tmp_path / "arch")
+    ref = tmp_path / "ref.zarr"
+    convert([arch.root], ref, progress=False, shard_size=4)
+    out = tmp_path / "out.zarr"
+    proc = subprocess.Popen([sys.executable, "-c", _INTERRUPTED_RUN, str(arch.root), str(out)], cwd=REPO,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 60
+        while len(list(out.glob("_convert/*/shard-*.json"))) < 2:
+            assert proc.poll() is None, proc.communicate()
+            assert time.monotonic() < deadline
+            time.sleep(0.005)
+        os.killpg(proc.pid, signal.SIGINT)
+        _, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    lines = [ln for ln in err.replace("\r", "\n").splitlines() if ln.strip() and not ln.startswith("convert:")]
+    assert proc.returncode == 130 and lines == ["crema-fast convert: interrupted; what was written is kept"], err
+    summary = convert([arch.root], out, progress=False, shard_size=4, workers=2)
+    assert summary.converted == 30 and summary.shards_resumed + summary.shards_written == 8
+    assert_same_arrays(load(out), load(ref))
+    assert _files(out) == _files(ref)
