@@ -165,12 +165,11 @@ def write_metadata(io: StoreIO, plan: list, first_rows: np.ndarray, sources: lis
                 # through zarr, a shorter array would keep the dropped rows' bytes in its chunk.
                 io.remove_tree(name)
                 exists[name] = False
-            if not exists[name]:
-                files = direct_files(name, values)
-                if files is not None:
-                    for key, parts in files:
-                        io.write(f"{name}/{key}", parts)
-                    del cols[name]
+            files = direct_files(name, values)
+            if files is not None:
+                for key, parts in files:
+                    io.write(f"{name}/{key}", parts)
+                del cols[name]
     if cols:  # appending (or zarr refused the direct path): zarr writes these
         _write_with_zarr(io.url, cols, exists, start, end)
     # Last: a store's row count is the shape of signals.

@@ -112,11 +112,15 @@ class Pool:
         """Tasks sent to ``worker`` and not finished."""
         return len(self._workers[worker % len(self._workers)].pending)
 
+    def least_loaded(self, prefer: int = 0) -> int:
+        """``prefer`` (modulo the count), unless a live worker has fewer unfinished tasks: that one."""
+        loads = [(bool(w.dead), len(w.pending)) for w in self._workers]
+        prefer %= len(loads)
+        least = min(loads)
+        return prefer if loads[prefer] == least else loads.index(least)
+
     def submit(self, fn, x, worker: int | None = None) -> Future:
-        if worker is None:
-            w = min(self._workers, key=lambda w: (bool(w.dead), len(w.pending)))
-        else:
-            w = self._workers[worker % len(self._workers)]
+        w = self._workers[(self.least_loaded() if worker is None else worker) % len(self._workers)]
         fut = _PoolFuture(self)
         if w.dead:
             fut.set_exception(WorkerDied(w.dead))

@@ -71,6 +71,7 @@ def test_each_record_read_and_encoded_once(tmp_path, monkeypatch):
 
     arch = write_archive(tmp_path / "arch", n=13, fs=500, seconds=10.0, bad=HEADER_KINDS)
     monkeypatch.setattr(runner.Runner, "__enter__", lambda self: self)  # workers=2, no pool: in-process
+    monkeypatch.setattr(records, "_HEADERS", {})  # none left by earlier tests in this process
     reads, encodes, headers = [], [], []
     real_read, real_encode, real_header = wfdb_io.read_digital, sw.ChunkEncoder.encode, wfdb_io.read_header
     monkeypatch.setattr(wfdb_io, "read_digital", lambda h, *a, **k: reads.append(h.name) or real_read(h, *a, **k))
@@ -165,14 +166,14 @@ class _Recorder:
         return prefer
 
 
-def test_shard_tasks_go_to_the_worker_that_predicted_their_records(tmp_path):
+def test_shard_tasks_go_to_the_worker_that_predicted_their_records(tmp_path, monkeypatch):
     """Predictions go to the workers in turn, a shard's worth of records each, and each shard task to
     the worker that predicted its records, where their headers wait (records.keep_header): with
     two sources of 11 records and shards of 4, the cuts fall inside the sources."""
     from zarr_store.plan import Plan, run_parallel, select_records
     from zarr_store.convert import ConvertOptions
     from zarr_store.sources import SourceTree, discover_records
-    from zarr_store.records import _HEADERS
+    import zarr_store.records as records
 
     roots = [write_archive(tmp_path / f"a{k}", n=11, fs=500, bad=()).root for k in range(2)]
     trees = [SourceTree(r) for r in roots]
@@ -183,6 +184,7 @@ def test_shard_tasks_go_to_the_worker_that_predicted_their_records(tmp_path):
     convert([roots[0]], url, progress=False, shard_size=4)  # a store to write shards into (rows appended)
     plan = Plan(url, "test", 11, opts, sel.located)
     runner = _Recorder()
+    monkeypatch.setattr(records, "_HEADERS", {})  # none left by earlier tests in this process
 
     class Bar:
         def update(self, n):
@@ -200,7 +202,7 @@ def test_shard_tasks_go_to_the_worker_that_predicted_their_records(tmp_path):
     assert [w for t, w in shards] == [t.shard % 2 for t, _ in shards]
     for t, w in shards:
         assert {predicted[r.path] for r in t.records} == {w}
-    assert plan.next_row == 33 and not _HEADERS  # every kept header taken by its shard task
+    assert plan.next_row == 33 and not records._HEADERS  # every kept header taken by its shard task
 
 
 def test_wrong_prediction_in_the_last_shard_rewrites_the_metadata(tmp_path, monkeypatch):
